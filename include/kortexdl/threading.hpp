@@ -1,0 +1,18 @@
+#pragma once
+// The intra-op thread budget shared by every call in the process. One caller
+// gets the whole budget; K concurrent callers get about budget/K threads each,
+// so many application threads never oversubscribe the cores.
+#include <cstddef>
+
+namespace kortexdl {
+
+// Total threads all concurrent calls share. Starts from KORTEX_NUM_THREADS,
+// else OMP_NUM_THREADS, else the CPUs this process may run on. n == 0 restores
+// that default. Throws InvalidArgumentError for n > 4096.
+void set_num_threads(std::size_t n);
+std::size_t get_num_threads();
+
+// Calls currently inside the library (for diagnostics and tests).
+std::size_t calls_in_flight();
+
+}  // namespace kortexdl

@@ -1,0 +1,167 @@
+#include "engine.hpp"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "backend/gemm.hpp"
+#include "backend/kernels.hpp"
+#include "checked_math.hpp"
+#include "workspace.hpp"
+
+namespace kortexdl::detail {
+
+namespace {
+
+// z = a_prev * W (rows x out), bias and activation applied by the caller.
+void dense(const LayerLayout& layer, const float* params, const float* a_prev, std::size_t rows, float* z) {
+  backend::sgemm(false, false, rows, layer.outputs, layer.inputs, 1.0f, a_prev, layer.inputs,
+                 params + layer.weights_offset, layer.outputs, 0.0f, z, layer.outputs);
+}
+
+// Runs the hidden layers, leaving the last hidden activation in the returned
+// pointer (inputs itself when there are no hidden layers).
+const float* hidden_forward(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                            float* ping, float* pong) {
+  const float* current = inputs;
+  for (std::size_t l = 0; l + 1 < arch.layers.size(); ++l) {
+    const LayerLayout& layer = arch.layers[l];
+    float* next = (current == ping) ? pong : ping;
+    dense(layer, params, current, rows, next);
+    backend::bias_activation(arch.hidden_activation, next, params + layer.biases_offset, rows, layer.outputs,
+                             nullptr);
+    current = next;
+  }
+  return current;
+}
+
+// Does the loss work on logits z (fused) rather than on f(z)?
+bool loss_on_logits(LossType loss) { return loss != LossType::MSE; }
+
+LossSums output_loss(const Architecture& arch, const float* final_values, TargetRows targets, std::size_t rows,
+                     LossType loss, float grad_scale, float* grad) {
+  const std::size_t cols = arch.outputs();
+  LossSums sums;
+  switch (loss) {
+    case LossType::CrossEntropy:
+      sums.loss = backend::softmax_cross_entropy(final_values, targets.values, targets.labels, rows, cols,
+                                                 grad_scale, grad, &sums.correct);
+      break;
+    case LossType::BinaryCrossEntropy:
+      sums.loss = backend::sigmoid_binary_cross_entropy(final_values, targets.values, rows, cols, grad_scale, grad,
+                                                        &sums.correct);
+      break;
+    case LossType::MSE:
+      sums.loss = backend::mean_squared_error(final_values, targets.values, rows, cols, grad_scale, grad);
+      break;
+  }
+  return sums;
+}
+
+std::size_t scratch_rows(std::size_t rows, std::size_t width) { return checked_mul(rows, width, "batch_size x width"); }
+
+}  // namespace
+
+void forward_rows(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                  float* outputs) {
+  const std::size_t hidden = arch.layers.size() > 1 ? scratch_rows(rows, arch.max_width) : 0;
+  auto lease = Workspace::local().acquire(2 * Workspace::padded_floats(hidden));
+  float* ping = lease.take(hidden);
+  float* pong = lease.take(hidden);
+  const float* last_hidden = hidden_forward(arch, params, inputs, rows, ping, pong);
+  const LayerLayout& out = arch.layers.back();
+  dense(out, params, last_hidden, rows, outputs);
+  backend::bias_activation(arch.output_activation, outputs, params + out.biases_offset, rows, out.outputs, nullptr);
+}
+
+LossSums loss_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
+                   std::size_t rows, LossType loss) {
+  const std::size_t hidden = arch.layers.size() > 1 ? scratch_rows(rows, arch.max_width) : 0;
+  const std::size_t final_floats = scratch_rows(rows, arch.outputs());
+  auto lease = Workspace::local().acquire(2 * Workspace::padded_floats(hidden) + Workspace::padded_floats(final_floats));
+  float* ping = lease.take(hidden);
+  float* pong = lease.take(hidden);
+  float* final_values = lease.take(final_floats);
+  const float* last_hidden = hidden_forward(arch, params, inputs, rows, ping, pong);
+  const LayerLayout& out = arch.layers.back();
+  dense(out, params, last_hidden, rows, final_values);
+  backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, final_values,
+                           params + out.biases_offset, rows, out.outputs, nullptr);
+  return output_loss(arch, final_values, targets, rows, loss, 0.0f, nullptr);
+}
+
+LossSums gradient_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
+                       std::size_t rows, LossType loss, float grad_scale, float* grad) {
+  const std::size_t n_layers = arch.layers.size();
+  const bool keep_hidden_pre = arch.hidden_activation == Activation::GELU;
+  const bool keep_output_pre = !loss_on_logits(loss) && arch.output_activation == Activation::GELU;
+  const std::size_t out_cols = arch.outputs();
+
+  // Scratch: every hidden activation (and pre-activation for GELU), the
+  // output values, and two delta buffers as wide as the widest layer.
+  std::size_t total = 0;
+  for (std::size_t l = 0; l + 1 < n_layers; ++l) {
+    const std::size_t floats = scratch_rows(rows, arch.layers[l].outputs);
+    total = checked_add(total, Workspace::padded_floats(floats) * (keep_hidden_pre ? 2 : 1), "scratch");
+  }
+  const std::size_t final_floats = scratch_rows(rows, out_cols);
+  const std::size_t delta_floats = scratch_rows(rows, arch.max_width);
+  total = checked_add(total, Workspace::padded_floats(final_floats) * (keep_output_pre ? 2 : 1), "scratch");
+  total = checked_add(total, 2 * Workspace::padded_floats(delta_floats), "scratch");
+  auto lease = Workspace::local().acquire(total);
+
+  // Forward, keeping what the backward pass needs. Layer-indexed arrays of
+  // pointers live on the stack for typical depths.
+  constexpr std::size_t kInline = 16;
+  const float* inline_acts[kInline];
+  const float* inline_pres[kInline];
+  std::vector<const float*> heap_acts, heap_pres;
+  const float** acts = inline_acts;  // acts[l]: input of layer l
+  const float** pres = inline_pres;  // pres[l]: pre-activation of layer l's output (GELU only)
+  if (n_layers + 1 > kInline) {
+    heap_acts.resize(n_layers + 1);
+    heap_pres.resize(n_layers + 1);
+    acts = heap_acts.data();
+    pres = heap_pres.data();
+  }
+  acts[0] = inputs;
+  for (std::size_t l = 0; l + 1 < n_layers; ++l) {
+    const LayerLayout& layer = arch.layers[l];
+    float* a = lease.take(rows * layer.outputs);
+    float* z = keep_hidden_pre ? lease.take(rows * layer.outputs) : nullptr;
+    dense(layer, params, acts[l], rows, a);
+    backend::bias_activation(arch.hidden_activation, a, params + layer.biases_offset, rows, layer.outputs, z);
+    acts[l + 1] = a;
+    pres[l + 1] = z;
+  }
+  const LayerLayout& out = arch.layers.back();
+  float* final_values = lease.take(final_floats);
+  float* final_pre = keep_output_pre ? lease.take(final_floats) : nullptr;
+  dense(out, params, acts[n_layers - 1], rows, final_values);
+  backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, final_values,
+                           params + out.biases_offset, rows, out.outputs, final_pre);
+
+  float* delta = lease.take(delta_floats);
+  float* delta_prev = lease.take(delta_floats);
+  const LossSums sums = output_loss(arch, final_values, targets, rows, loss, grad_scale, delta);
+  if (!loss_on_logits(loss)) {
+    backend::activation_backward(arch.output_activation, delta, final_values, final_pre, rows, out_cols);
+  }
+
+  for (std::size_t l = n_layers; l-- > 0;) {
+    const LayerLayout& layer = arch.layers[l];
+    // dW = a_prev^T delta, db = column sums of delta.
+    backend::sgemm(true, false, layer.inputs, layer.outputs, rows, 1.0f, acts[l], layer.inputs, delta, layer.outputs,
+                   0.0f, grad + layer.weights_offset, layer.outputs);
+    backend::column_sums(delta, rows, layer.outputs, grad + layer.biases_offset);
+    if (l == 0) break;
+    // delta_prev = (delta W^T) * f'(z_prev)
+    backend::sgemm(false, true, rows, layer.inputs, layer.outputs, 1.0f, delta, layer.outputs,
+                   params + layer.weights_offset, layer.outputs, 0.0f, delta_prev, layer.inputs);
+    backend::activation_backward(arch.hidden_activation, delta_prev, acts[l], pres[l], rows, layer.inputs);
+    std::swap(delta, delta_prev);
+  }
+  return sums;
+}
+
+}  // namespace kortexdl::detail

@@ -1,0 +1,391 @@
+#include "kortexdl/network.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "backend/gemm.hpp"
+#include "checked_math.hpp"
+#include "engine.hpp"
+#include "init.hpp"
+#include "kortexdl/error.hpp"
+#include "kortexdl/version.hpp"
+#include "network_state.hpp"
+#include "optimizer_update.hpp"
+#include "parallel/thread_budget.hpp"
+#include "validation.hpp"
+#include "workspace.hpp"
+
+namespace kortexdl {
+
+using detail::AccessGuard;
+using detail::ComputeScope;
+using detail::NetworkState;
+
+std::string_view backend_name() { return backend::gemm_name(); }
+
+namespace {
+
+std::uint64_t draw_seed() {
+  std::random_device device;
+  return (static_cast<std::uint64_t>(device()) << 32) ^ device();
+}
+
+// Chunks of at most this many rows when evaluate() is given no batch size.
+constexpr std::size_t kDefaultEvaluateChunk = 4096;
+
+void forward_chunked(const detail::Architecture& arch, const float* params, std::span<const float> inputs,
+                     std::size_t rows, std::size_t chunk, std::span<float> outputs) {
+  const std::size_t in = arch.inputs();
+  const std::size_t out = arch.outputs();
+  for (std::size_t start = 0; start < rows; start += chunk) {
+    const std::size_t n = std::min(chunk, rows - start);
+    detail::forward_rows(arch, params, inputs.data() + start * in, n, outputs.data() + start * out);
+  }
+}
+
+}  // namespace
+
+// ---- construction ----------------------------------------------------------
+
+Network::Network(std::vector<std::size_t> sizes, NetworkConfig config) {
+  auto arch = detail::Architecture::make(sizes, config.hidden_activation, config.output_activation);
+  detail::validate_optimizer(config.optimizer);
+  const std::uint64_t seed = config.seed.has_value() ? *config.seed : draw_seed();
+  state_ = std::make_unique<NetworkState>(std::move(arch), std::move(config), seed);
+  state_->params.resize(state_->arch.parameter_count);
+  detail::initialize_parameters(state_->arch, state_->config.init, seed, state_->params.data());
+  state_->optimizer = detail::make_optimizer_state(state_->config.optimizer, state_->arch.parameter_count);
+}
+
+Network::Network(std::unique_ptr<NetworkState> state) : state_(std::move(state)) {}
+Network::~Network() = default;
+Network::Network(Network&&) noexcept = default;
+Network& Network::operator=(Network&&) noexcept = default;
+
+Network Network::clone() const {
+  AccessGuard::Read access(state_->guard, state_->guard.locking(), "clone");
+  auto copy = std::make_unique<NetworkState>(state_->arch, state_->config, state_->seed);
+  copy->params = state_->params;
+  copy->optimizer = state_->optimizer;
+  copy->version.store(state_->version.load());
+  return Network(std::move(copy));
+}
+
+// ---- architecture ----------------------------------------------------------
+
+const std::vector<std::size_t>& Network::sizes() const { return state_->arch.sizes; }
+std::size_t Network::input_size() const { return state_->arch.inputs(); }
+std::size_t Network::output_size() const { return state_->arch.outputs(); }
+std::size_t Network::num_layers() const { return state_->arch.layers.size(); }
+std::size_t Network::parameter_count() const { return state_->arch.parameter_count; }
+const std::vector<LayerLayout>& Network::layers() const { return state_->arch.layers; }
+const NetworkConfig& Network::config() const { return state_->config; }
+std::uint64_t Network::seed() const { return state_->seed; }
+
+// ---- inference -------------------------------------------------------------
+
+namespace {
+
+void forward_impl(NetworkState& s, std::span<const float> inputs, std::size_t batch_size, std::span<float> outputs,
+                  bool lock, const char* operation) {
+  detail::check_inputs_exact(inputs, batch_size, s.arch.inputs());
+  detail::check_outputs(outputs, batch_size, s.arch.outputs());
+  AccessGuard::Read access(s.guard, lock, operation);
+  ComputeScope scope(s.arch.forward_flops(batch_size));
+  detail::forward_rows(s.arch, s.params.data(), inputs.data(), batch_size, outputs.data());
+}
+
+void forward_batch_impl(NetworkState& s, std::span<const float> inputs, std::size_t batch_size,
+                        std::span<float> outputs, bool lock, const char* operation) {
+  detail::check_batch_size(batch_size);
+  const std::size_t rows = detail::rows_of(inputs, s.arch.inputs());
+  detail::check_outputs(outputs, rows, s.arch.outputs());
+  const std::size_t chunk = std::min(batch_size, rows);
+  AccessGuard::Read access(s.guard, lock, operation);
+  ComputeScope scope(s.arch.forward_flops(chunk));
+  forward_chunked(s.arch, s.params.data(), inputs, rows, chunk, outputs);
+}
+
+std::size_t rows_for_forward_batch(const NetworkState& s, std::span<const float> inputs) {
+  return detail::rows_of(inputs, s.arch.inputs());
+}
+
+}  // namespace
+
+void Network::forward(std::span<const float> inputs, std::size_t batch_size, std::span<float> outputs) const {
+  forward_impl(*state_, inputs, batch_size, outputs, state_->guard.locking(), "forward");
+}
+
+std::vector<float> Network::forward(std::span<const float> inputs, std::size_t batch_size) const {
+  detail::check_inputs_exact(inputs, batch_size, input_size());
+  std::vector<float> outputs(batch_size * output_size());
+  forward(inputs, batch_size, outputs);
+  return outputs;
+}
+
+void Network::forward_batch(std::span<const float> inputs, std::size_t batch_size, std::span<float> outputs) const {
+  forward_batch_impl(*state_, inputs, batch_size, outputs, state_->guard.locking(), "forward_batch");
+}
+
+std::vector<float> Network::forward_batch(std::span<const float> inputs, std::size_t batch_size) const {
+  detail::check_batch_size(batch_size);
+  std::vector<float> outputs(detail::checked_mul(rows_for_forward_batch(*state_, inputs), output_size(), "outputs"));
+  forward_batch(inputs, batch_size, outputs);
+  return outputs;
+}
+
+void Network::forward_thread_safe(std::span<const float> inputs, std::size_t batch_size,
+                                  std::span<float> outputs) const {
+  forward_impl(*state_, inputs, batch_size, outputs, true, "forward_thread_safe");
+}
+
+std::vector<float> Network::forward_thread_safe(std::span<const float> inputs, std::size_t batch_size) const {
+  detail::check_inputs_exact(inputs, batch_size, input_size());
+  std::vector<float> outputs(batch_size * output_size());
+  forward_thread_safe(inputs, batch_size, outputs);
+  return outputs;
+}
+
+void Network::forward_batch_thread_safe(std::span<const float> inputs, std::size_t batch_size,
+                                        std::span<float> outputs) const {
+  forward_batch_impl(*state_, inputs, batch_size, outputs, true, "forward_batch_thread_safe");
+}
+
+std::vector<float> Network::forward_batch_thread_safe(std::span<const float> inputs, std::size_t batch_size) const {
+  detail::check_batch_size(batch_size);
+  std::vector<float> outputs(detail::checked_mul(rows_for_forward_batch(*state_, inputs), output_size(), "outputs"));
+  forward_batch_thread_safe(inputs, batch_size, outputs);
+  return outputs;
+}
+
+// ---- training --------------------------------------------------------------
+
+namespace {
+
+float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& targets, LossType loss,
+                 float learning_rate, std::size_t batch_size, bool lock, const char* operation) {
+  detail::check_inputs_exact(inputs, batch_size, s.arch.inputs());
+  detail::check_learning_rate(learning_rate);
+  detail::check_loss_matches_output(loss, s.arch.output_activation);
+  const detail::TargetRows rows = detail::check_targets(targets, loss, batch_size, s.arch.outputs());
+  detail::check_finite(inputs, "inputs");
+
+  ComputeScope scope(s.arch.training_flops(batch_size));
+  auto lease = detail::Workspace::local().acquire(s.arch.parameter_count);
+  float* grad = lease.take(s.arch.parameter_count);
+  const float scale = 1.0f / static_cast<float>(batch_size);
+
+  auto finish = [&](const detail::LossSums& sums) {
+    const double mean = sums.loss / static_cast<double>(batch_size);
+    if (!std::isfinite(mean)) {
+      throw NumericalError(std::string(operation) + ": the loss is " + (std::isnan(mean) ? "nan" : "inf") +
+                           " for this batch, so the step was not applied (the parameters are unchanged); "
+                           "lower the learning rate or check the inputs' scale");
+    }
+    return static_cast<float>(mean);
+  };
+
+  if (lock) {
+    detail::LossSums sums;
+    {
+      AccessGuard::Read access(s.guard, true, operation);
+      sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
+    }
+    const float mean = finish(sums);
+    AccessGuard::Write access(s.guard, true, operation);
+    detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
+    s.published_write();
+    return mean;
+  }
+  AccessGuard::Write access(s.guard, false, operation);
+  const auto sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
+  const float mean = finish(sums);
+  detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
+  s.published_write();
+  return mean;
+}
+
+Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, const Targets& targets, LossType loss,
+                         std::size_t batch_size, bool lock, const char* operation) {
+  const std::size_t rows = detail::rows_of(inputs, s.arch.inputs());
+  detail::check_loss_matches_output(loss, s.arch.output_activation);
+  const detail::TargetRows target_rows = detail::check_targets(targets, loss, rows, s.arch.outputs());
+  const std::size_t chunk = batch_size == 0 ? std::min(rows, kDefaultEvaluateChunk) : std::min(batch_size, rows);
+
+  AccessGuard::Read access(s.guard, lock, operation);
+  ComputeScope scope(s.arch.forward_flops(chunk));
+  detail::LossSums sums;
+  for (std::size_t start = 0; start < rows; start += chunk) {
+    const std::size_t n = std::min(chunk, rows - start);
+    sums += detail::loss_rows(s.arch, s.params.data(), inputs.data() + start * s.arch.inputs(),
+                              target_rows.offset(start, s.arch.outputs()), n, loss);
+  }
+  Evaluation result;
+  result.samples = rows;
+  result.loss = sums.loss / static_cast<double>(rows);
+  if (loss == LossType::CrossEntropy) {
+    result.accuracy = static_cast<double>(sums.correct) / static_cast<double>(rows);
+  } else if (loss == LossType::BinaryCrossEntropy) {
+    result.accuracy = static_cast<double>(sums.correct) / static_cast<double>(rows * s.arch.outputs());
+  }
+  return result;
+}
+
+}  // namespace
+
+float Network::train_batch(std::span<const float> inputs, const Targets& targets, LossType loss, float learning_rate,
+                           std::size_t batch_size) {
+  return train_impl(*state_, inputs, targets, loss, learning_rate, batch_size, state_->guard.locking(),
+                    "train_batch");
+}
+
+float Network::train_batch_thread_safe(std::span<const float> inputs, const Targets& targets, LossType loss,
+                                       float learning_rate, std::size_t batch_size) {
+  return train_impl(*state_, inputs, targets, loss, learning_rate, batch_size, true, "train_batch_thread_safe");
+}
+
+Network::Gradients Network::compute_gradients(std::span<const float> inputs, const Targets& targets, LossType loss,
+                                              std::size_t batch_size) const {
+  NetworkState& s = *state_;
+  detail::check_inputs_exact(inputs, batch_size, s.arch.inputs());
+  detail::check_loss_matches_output(loss, s.arch.output_activation);
+  const detail::TargetRows rows = detail::check_targets(targets, loss, batch_size, s.arch.outputs());
+  Gradients result;
+  result.values.resize(s.arch.parameter_count);
+  AccessGuard::Read access(s.guard, s.guard.locking(), "compute_gradients");
+  ComputeScope scope(s.arch.training_flops(batch_size));
+  const auto sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss,
+                                          1.0f / static_cast<float>(batch_size), result.values.data());
+  result.loss = static_cast<float>(sums.loss / static_cast<double>(batch_size));
+  return result;
+}
+
+void Network::apply_gradients(std::span<const float> gradient, float learning_rate) {
+  NetworkState& s = *state_;
+  if (gradient.size() != s.arch.parameter_count) {
+    throw ShapeError("gradient: expected parameter_count = " + std::to_string(s.arch.parameter_count) +
+                     " floats, got " + std::to_string(gradient.size()));
+  }
+  detail::check_learning_rate(learning_rate);
+  detail::check_finite(gradient, "gradient");
+  AccessGuard::Write access(s.guard, s.guard.locking(), "apply_gradients");
+  ComputeScope scope(static_cast<double>(s.arch.parameter_count) * 8.0);
+  detail::apply_update(s.config.optimizer, s.arch, s.params.data(), gradient.data(), learning_rate, s.optimizer);
+  s.published_write();
+}
+
+Evaluation Network::evaluate(std::span<const float> inputs, const Targets& targets, LossType loss,
+                             std::size_t batch_size) const {
+  return evaluate_impl(*state_, inputs, targets, loss, batch_size, state_->guard.locking(), "evaluate");
+}
+
+Evaluation Network::evaluate_thread_safe(std::span<const float> inputs, const Targets& targets, LossType loss,
+                                         std::size_t batch_size) const {
+  return evaluate_impl(*state_, inputs, targets, loss, batch_size, true, "evaluate_thread_safe");
+}
+
+// ---- concurrency -----------------------------------------------------------
+
+void Network::enable_thread_safety(bool enabled) { state_->guard.set_locking(enabled); }
+bool Network::thread_safety_enabled() const { return state_->guard.locking(); }
+std::uint64_t Network::version() const { return state_->version.load(std::memory_order_acquire); }
+
+void Network::set_update_observer(UpdateObserver observer) {
+  AccessGuard::Write access(state_->guard, true, "set_update_observer");
+  state_->observer = std::move(observer);
+}
+
+// ---- parameters ------------------------------------------------------------
+
+std::vector<float> Network::parameters() const {
+  AccessGuard::Read access(state_->guard, state_->guard.locking(), "parameters");
+  return state_->params;
+}
+
+void Network::set_parameters(std::span<const float> parameters) {
+  if (parameters.size() != parameter_count()) {
+    throw ShapeError("parameters: expected parameter_count = " + std::to_string(parameter_count()) +
+                     " floats, got " + std::to_string(parameters.size()));
+  }
+  detail::check_finite(parameters, "parameters");
+  AccessGuard::Write access(state_->guard, state_->guard.locking(), "set_parameters");
+  std::copy(parameters.begin(), parameters.end(), state_->params.begin());
+  state_->published_write();
+}
+
+namespace {
+void check_layer_index(std::size_t layer, std::size_t count) {
+  if (layer >= count) {
+    throw InvalidArgumentError("layer: must be below the number of layers " + std::to_string(count) + ", got " +
+                               std::to_string(layer));
+  }
+}
+}  // namespace
+
+std::vector<float> Network::weights(std::size_t layer) const {
+  check_layer_index(layer, num_layers());
+  const LayerLayout& l = state_->arch.layers[layer];
+  AccessGuard::Read access(state_->guard, state_->guard.locking(), "weights");
+  const float* begin = state_->params.data() + l.weights_offset;
+  return std::vector<float>(begin, begin + l.inputs * l.outputs);
+}
+
+std::vector<float> Network::biases(std::size_t layer) const {
+  check_layer_index(layer, num_layers());
+  const LayerLayout& l = state_->arch.layers[layer];
+  AccessGuard::Read access(state_->guard, state_->guard.locking(), "biases");
+  const float* begin = state_->params.data() + l.biases_offset;
+  return std::vector<float>(begin, begin + l.outputs);
+}
+
+void Network::set_layer(std::size_t layer, std::span<const float> weights, std::span<const float> biases) {
+  check_layer_index(layer, num_layers());
+  const LayerLayout& l = state_->arch.layers[layer];
+  if (weights.size() != l.inputs * l.outputs) {
+    throw ShapeError("weights: expected inputs x outputs = " + std::to_string(l.inputs) + " x " +
+                     std::to_string(l.outputs) + " = " + std::to_string(l.inputs * l.outputs) + " floats, got " +
+                     std::to_string(weights.size()));
+  }
+  if (biases.size() != l.outputs) {
+    throw ShapeError("biases: expected " + std::to_string(l.outputs) + " floats, got " +
+                     std::to_string(biases.size()));
+  }
+  detail::check_finite(weights, "weights");
+  detail::check_finite(biases, "biases");
+  AccessGuard::Write access(state_->guard, state_->guard.locking(), "set_layer");
+  std::copy(weights.begin(), weights.end(), state_->params.begin() + static_cast<std::ptrdiff_t>(l.weights_offset));
+  std::copy(biases.begin(), biases.end(), state_->params.begin() + static_cast<std::ptrdiff_t>(l.biases_offset));
+  state_->published_write();
+}
+
+Network::OptimizerState Network::optimizer_state() const {
+  AccessGuard::Read access(state_->guard, state_->guard.locking(), "optimizer_state");
+  return state_->optimizer;
+}
+
+void Network::set_optimizer_state(const OptimizerState& state) {
+  const std::size_t expected = detail::optimizer_buffer_count(state_->config.optimizer.kind);
+  if (state.buffers.size() != expected) {
+    throw ShapeError("optimizer_state: " + std::string(to_string(state_->config.optimizer.kind)) + " keeps " +
+                     std::to_string(expected) + " buffers, got " + std::to_string(state.buffers.size()));
+  }
+  for (std::size_t i = 0; i < state.buffers.size(); ++i) {
+    if (state.buffers[i].size() != parameter_count()) {
+      throw ShapeError("optimizer_state: buffer " + std::to_string(i) + " must hold parameter_count = " +
+                       std::to_string(parameter_count()) + " floats, got " + std::to_string(state.buffers[i].size()));
+    }
+    detail::check_finite(state.buffers[i], "optimizer_state");
+  }
+  AccessGuard::Write access(state_->guard, state_->guard.locking(), "set_optimizer_state");
+  state_->optimizer = state;
+}
+
+void Network::reset_optimizer() {
+  auto fresh = detail::make_optimizer_state(state_->config.optimizer, parameter_count());
+  AccessGuard::Write access(state_->guard, state_->guard.locking(), "reset_optimizer");
+  state_->optimizer = std::move(fresh);
+}
+
+}  // namespace kortexdl

@@ -1,0 +1,34 @@
+#pragma once
+// Everything a Network owns, behind the public class's pointer.
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "architecture.hpp"
+#include "kortexdl/network.hpp"
+#include "parallel/access_guard.hpp"
+
+namespace kortexdl::detail {
+
+class NetworkState {
+ public:
+  NetworkState(Architecture architecture, NetworkConfig network_config, std::uint64_t initial_seed)
+      : arch(std::move(architecture)), config(std::move(network_config)), seed(initial_seed) {}
+
+  Architecture arch;
+  NetworkConfig config;
+  std::uint64_t seed;
+  std::vector<float> params;
+  Network::OptimizerState optimizer;
+  mutable AccessGuard guard;
+  std::atomic<std::uint64_t> version{0};
+  Network::UpdateObserver observer;  // read and written under write access
+
+  // Call with write access held: bumps the version and tells the observer.
+  void published_write() {
+    const std::uint64_t v = version.fetch_add(1, std::memory_order_acq_rel) + 1;
+    if (observer) observer(params, v);
+  }
+};
+
+}  // namespace kortexdl::detail

@@ -1,0 +1,27 @@
+#pragma once
+// Applies one optimizer step to a flat parameter buffer.
+#include <cstddef>
+#include <vector>
+
+#include "architecture.hpp"
+#include "kortexdl/network.hpp"
+#include "kortexdl/optimizer.hpp"
+
+namespace kortexdl::detail {
+
+// Number of state buffers the optimizer keeps (0 SGD, 1 Momentum, 2 Adam).
+std::size_t optimizer_buffer_count(OptimizerKind kind);
+
+// Validates hyper-parameters (finite, in range); throws InvalidArgumentError.
+void validate_optimizer(const OptimizerConfig& config);
+
+// Allocates zeroed state for `parameter_count` parameters.
+Network::OptimizerState make_optimizer_state(const OptimizerConfig& config, std::size_t parameter_count);
+
+// params -= step(grad); weight decay applies to weights, not biases. Every
+// replica that applies the same grad to the same params and state gets
+// bit-identical results.
+void apply_update(const OptimizerConfig& config, const Architecture& arch, float* params, const float* grad,
+                  float learning_rate, Network::OptimizerState& state);
+
+}  // namespace kortexdl::detail

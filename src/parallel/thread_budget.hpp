@@ -1,0 +1,31 @@
+#pragma once
+// Shares the process-wide intra-op thread budget between concurrent calls.
+#include <cstddef>
+
+namespace kortexdl::detail {
+
+// Below this much work a parallel region costs more than it saves.
+inline constexpr double kMinFlopsPerExtraThread = 4.0e6;
+
+// RAII for one compute call: counts the call as in flight and sets the
+// calling thread's OpenMP team size to its share of the budget (OpenMP's
+// thread count is a per-thread setting, so it is set on every call), then
+// restores the previous setting.
+class ComputeScope {
+ public:
+  // flops: an estimate of the call's work; small calls run on one thread.
+  explicit ComputeScope(double flops);
+  ~ComputeScope();
+  ComputeScope(const ComputeScope&) = delete;
+  ComputeScope& operator=(const ComputeScope&) = delete;
+  std::size_t threads() const { return threads_; }
+
+ private:
+  std::size_t threads_ = 1;
+  int previous_ = 1;
+};
+
+// Threads the caller may use for a region of `flops` work right now.
+std::size_t share_for(double flops);
+
+}  // namespace kortexdl::detail
