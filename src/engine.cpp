@@ -62,6 +62,23 @@ std::size_t scratch_rows(std::size_t rows, std::size_t width) { return checked_m
 
 }  // namespace
 
+Evaluation to_evaluation(const LossSums& sums, std::size_t rows, std::size_t outputs, LossType loss) {
+  Evaluation result;
+  result.samples = rows;
+  result.loss = sums.loss / static_cast<double>(rows);
+  if (loss == LossType::CrossEntropy) {
+    result.accuracy = static_cast<double>(sums.correct) / static_cast<double>(rows);
+  } else if (loss == LossType::BinaryCrossEntropy) {
+    result.accuracy = static_cast<double>(sums.correct) / (static_cast<double>(rows) * static_cast<double>(outputs));
+  }
+  return result;
+}
+
+std::size_t evaluation_chunk(std::size_t batch_size, std::size_t rows) {
+  constexpr std::size_t kDefaultChunk = 4096;  // bounds scratch memory when no batch size is given
+  return std::min(batch_size == 0 ? kDefaultChunk : batch_size, rows);
+}
+
 void forward_rows(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
                   float* outputs) {
   const std::size_t hidden = arch.layers.size() > 1 ? scratch_rows(rows, arch.max_width) : 0;

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "architecture.hpp"
+#include "kortexdl/evaluation.hpp"
 #include "kortexdl/loss.hpp"
 
 namespace kortexdl::detail {
@@ -30,6 +31,11 @@ struct LossSums {
     return *this;
   }
 };
+
+// evaluate()'s result from loss sums over `rows` samples.
+Evaluation to_evaluation(const LossSums& sums, std::size_t rows, std::size_t outputs, LossType loss);
+// Rows per evaluation chunk: batch_size, or a bounded default when it is 0.
+std::size_t evaluation_chunk(std::size_t batch_size, std::size_t rows);
 
 // outputs = network(inputs), rows x outputs.
 void forward_rows(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,

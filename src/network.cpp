@@ -32,9 +32,6 @@ std::uint64_t draw_seed() {
   return (static_cast<std::uint64_t>(device()) << 32) ^ device();
 }
 
-// Chunks of at most this many rows when evaluate() is given no batch size.
-constexpr std::size_t kDefaultEvaluateChunk = 4096;
-
 void forward_chunked(const detail::Architecture& arch, const float* params, std::span<const float> inputs,
                      std::size_t rows, std::size_t chunk, std::span<float> outputs) {
   const std::size_t in = arch.inputs();
@@ -212,7 +209,7 @@ Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, c
   const std::size_t rows = detail::rows_of(inputs, s.arch.inputs());
   detail::check_loss_matches_output(loss, s.arch.output_activation);
   const detail::TargetRows target_rows = detail::check_targets(targets, loss, rows, s.arch.outputs());
-  const std::size_t chunk = batch_size == 0 ? std::min(rows, kDefaultEvaluateChunk) : std::min(batch_size, rows);
+  const std::size_t chunk = detail::evaluation_chunk(batch_size, rows);
 
   AccessGuard::Read access(s.guard, lock, operation);
   ComputeScope scope(s.arch.forward_flops(chunk));
@@ -222,15 +219,7 @@ Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, c
     sums += detail::loss_rows(s.arch, s.params.data(), inputs.data() + start * s.arch.inputs(),
                               target_rows.offset(start, s.arch.outputs()), n, loss);
   }
-  Evaluation result;
-  result.samples = rows;
-  result.loss = sums.loss / static_cast<double>(rows);
-  if (loss == LossType::CrossEntropy) {
-    result.accuracy = static_cast<double>(sums.correct) / static_cast<double>(rows);
-  } else if (loss == LossType::BinaryCrossEntropy) {
-    result.accuracy = static_cast<double>(sums.correct) / static_cast<double>(rows * s.arch.outputs());
-  }
-  return result;
+  return detail::to_evaluation(sums, rows, s.arch.outputs(), loss);
 }
 
 }  // namespace

@@ -118,7 +118,9 @@ TEST_P(GradientCheck, MatchesFiniteDifferences) {
   EXPECT_EQ(checked + kinks, net.parameter_count());
   EXPECT_LE(kinks * 10, net.parameter_count()) << kinks << " parameters sit on a kink in " << name_of(c);
   const bool smooth = c.hidden != Activation::ReLU && c.output != Activation::ReLU;
-  if (smooth) EXPECT_EQ(kinks, 0u) << name_of(c);
+  if (smooth) {
+    EXPECT_EQ(kinks, 0u) << name_of(c);
+  }
 }
 
 std::vector<Case> all_cases() {

@@ -11,3 +11,5 @@
 #include "kortexdl/targets.hpp"
 #include "kortexdl/threading.hpp"
 #include "kortexdl/version.hpp"
+#include "kortexdl/data_parallel.hpp"
+#include "kortexdl/numa.hpp"
