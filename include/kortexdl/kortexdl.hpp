@@ -13,3 +13,5 @@
 #include "kortexdl/version.hpp"
 #include "kortexdl/data_parallel.hpp"
 #include "kortexdl/numa.hpp"
+#include "kortexdl/datasets.hpp"
+#include "kortexdl/training.hpp"

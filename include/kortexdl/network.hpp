@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <span>
 #include <vector>
 
@@ -135,6 +136,19 @@ class Network {
   OptimizerState optimizer_state() const;
   void set_optimizer_state(const OptimizerState& state);
   void reset_optimizer();
+
+  // ---- model files (docs/model-format.md) ---------------------------------
+  // Writes the architecture, configuration, parameters and (optionally) the
+  // optimizer state; atomic: a temporary file is renamed over `path`, so a
+  // crash never leaves a half-written model. Throws IoError.
+  void save(const std::string& path, bool include_optimizer_state = true) const;
+  // Reads a file written by save(). Every length is checked before anything
+  // is allocated: a truncated, corrupted, oversized or foreign file throws
+  // FormatError, never crashes or allocates without bound. Bit-exact.
+  static Network load(const std::string& path);
+  // The same format in memory (pickling, sending over a network).
+  std::vector<std::uint8_t> to_bytes(bool include_optimizer_state = true) const;
+  static Network from_bytes(std::span<const std::uint8_t> bytes);
 
   // Internal: used by data-parallel trainers, the model-file reader and the
   // bindings; not part of the stable API.
