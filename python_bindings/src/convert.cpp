@@ -59,7 +59,7 @@ void check_ndim(const py::array& a, const char* argument, int max_ndim) {
   if (ndim >= 1 && ndim <= max_ndim) return;
   std::string expected = max_ndim == 1 ? "a 1-D array" : "a 1-D (flat) or 2-D (rows, columns) array";
   std::string got = ndim == 0 ? "a 0-D array (a scalar)" : std::to_string(ndim) + "-D array of shape " + shape_text(a);
-  throw ShapeError(std::string(argument) + ": expected " + expected + ", got a " + got);
+  throw ShapeError(std::string(argument) + ": expected " + expected + ", got " + got);
 }
 
 std::size_t checked_product(std::size_t a, std::size_t b, const char* what) {

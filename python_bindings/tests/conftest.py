@@ -1,0 +1,30 @@
+"""Shared fixtures for the kortexdl test suite."""
+
+import numpy as np
+import pytest
+
+import kortexdl
+
+
+@pytest.fixture
+def single_thread():
+    """Every library call runs on one thread (deterministic, and leaves a core
+    free for the test's own Python threads); the budget is restored after."""
+    previous = kortexdl.get_num_threads()
+    kortexdl.set_num_threads(1)
+    try:
+        yield
+    finally:
+        kortexdl.set_num_threads(previous)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def regression_data(rng, rows, inputs, outputs):
+    """A learnable regression problem: targets are a fixed linear map of the inputs."""
+    x = rng.standard_normal((rows, inputs)).astype(np.float32)
+    w = rng.standard_normal((inputs, outputs)).astype(np.float32) / np.sqrt(inputs)
+    return x, (x @ w).astype(np.float32)

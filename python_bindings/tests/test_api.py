@@ -1,0 +1,491 @@
+"""The kortexdl Python API: construction, conversions, results, parameters,
+data-parallel training, module functions and Ctrl-C."""
+
+import _thread
+import copy
+import math
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import kortexdl
+from conftest import regression_data
+
+MSE = kortexdl.LossType.MSE
+CE = kortexdl.LossType.CrossEntropy
+BCE = kortexdl.LossType.BinaryCrossEntropy
+
+
+# ---------------------------------------------------------------------------
+# Construction, properties, repr
+
+
+def test_defaults_and_properties():
+    net = kortexdl.Network([784, 256, 10], seed=42)
+    assert net.sizes == [784, 256, 10]
+    assert net.input_size == 784 and net.output_size == 10 and net.num_layers == 2
+    assert net.parameter_count == 784 * 256 + 256 + 256 * 10 + 10
+    assert net.seed == 42
+    assert net.version == 0
+    assert net.thread_safety_enabled is False
+    assert net.hidden_activation == kortexdl.Activation.ReLU
+    assert net.output_activation == kortexdl.Activation.Linear
+    assert net.optimizer == kortexdl.Optimizer.SGD
+
+
+def test_thread_safety_property_is_read_only():
+    net = kortexdl.Network([4, 2])
+    net.enable_thread_safety()
+    assert net.thread_safety_enabled is True
+    net.enable_thread_safety(False)
+    assert net.thread_safety_enabled is False
+    with pytest.raises(AttributeError):
+        net.thread_safety_enabled = True
+
+
+def test_construction_options_by_name_and_enum():
+    a = kortexdl.Network([8, 16, 3], hidden_activation="tanh", output_activation="softmax", init="xavier_uniform",
+                         seed=1, optimizer="adam", beta1=0.8, beta2=0.99, epsilon=1e-7, weight_decay=1e-4)
+    b = kortexdl.Network([8, 16, 3], hidden_activation=kortexdl.Activation.Tanh,
+                         output_activation=kortexdl.Activation.Softmax, init=kortexdl.WeightInit.XavierUniform,
+                         seed=1, optimizer=kortexdl.Optimizer.Adam, beta1=0.8, beta2=0.99, epsilon=1e-7,
+                         weight_decay=1e-4)
+    assert a.config == b.config
+    assert a.config["optimizer"] == "adam" and a.config["hidden_activation"] == "tanh"
+    assert a.config["beta1"] == pytest.approx(0.8)
+    np.testing.assert_array_equal(a.get_parameters(), b.get_parameters())
+    m = kortexdl.Network([8, 3], optimizer="momentum", momentum=0.5, nesterov=True, seed=2)
+    assert m.config["nesterov"] is True and m.config["momentum"] == pytest.approx(0.5)
+    # Names are case-insensitive, as in C++.
+    assert kortexdl.Network([4, 2], hidden_activation="GELU").hidden_activation == kortexdl.Activation.GELU
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        kortexdl.Network([4, 2], "relu")
+
+
+def test_same_seed_same_weights_and_random_seed_reported():
+    a = kortexdl.Network([10, 20, 5], seed=123)
+    b = kortexdl.Network([10, 20, 5], seed=123)
+    np.testing.assert_array_equal(a.get_parameters(), b.get_parameters())
+    c = kortexdl.Network([10, 20, 5])
+    d = kortexdl.Network([10, 20, 5], seed=c.seed)
+    np.testing.assert_array_equal(c.get_parameters(), d.get_parameters())
+    # Large and numpy-integer seeds.
+    kortexdl.Network([3, 2], seed=2**64 - 1)
+    assert kortexdl.Network([3, 2], seed=np.uint64(7)).seed == 7
+
+
+def test_rebuild_from_config():
+    a = kortexdl.Network([6, 5, 4], hidden_activation="sigmoid", optimizer="momentum", seed=9)
+    b = kortexdl.Network(a.sizes, **a.config)
+    np.testing.assert_array_equal(a.get_parameters(), b.get_parameters())
+
+
+def test_repr():
+    net = kortexdl.Network([784, 256, 10], output_activation="softmax", optimizer="adam")
+    text = repr(net)
+    assert text.startswith("Network([784, 256, 10]")
+    for part in ("hidden_activation='relu'", "output_activation='softmax'", "optimizer='adam'",
+                 "thread_safety=False"):
+        assert part in text
+    net.enable_thread_safety(True)
+    assert "thread_safety=True" in repr(net)
+
+
+def test_version_and_module_info():
+    assert isinstance(kortexdl.__version__, str) and kortexdl.__version__.count(".") == 2
+    assert kortexdl.version_info == tuple(int(p) for p in kortexdl.__version__.split("."))
+    assert kortexdl.backend_name() in ("onednn", "cblas")
+    assert kortexdl.Network.__module__.startswith("kortexdl")
+
+
+def test_docstrings_say_the_gil_is_released():
+    for method in ("forward", "forward_batch", "train_batch", "evaluate", "forward_thread_safe",
+                   "forward_batch_thread_safe", "train_batch_thread_safe", "evaluate_thread_safe",
+                   "train_parallel_numa", "evaluate_parallel_numa", "compute_gradients", "apply_gradients"):
+        assert "Releases the GIL" in getattr(kortexdl.Network, method).__doc__, method
+
+
+def test_network_version_counts_writes(rng):
+    net = kortexdl.Network([4, 3], seed=0)
+    x, y = regression_data(rng, 8, 4, 3)
+    net.train_batch(x, y, MSE, 0.1)
+    assert net.version == 1
+    net.set_parameters(net.get_parameters())
+    assert net.version == 2
+    net.forward(x)
+    net.evaluate(x, y, MSE)
+    assert net.version == 2
+
+
+# ---------------------------------------------------------------------------
+# Input conversions
+
+
+@pytest.fixture
+def net_and_x(rng):
+    net = kortexdl.Network([6, 8, 3], seed=4)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    return net, x
+
+
+def test_forward_flat_and_2d_agree(net_and_x):
+    net, x = net_and_x
+    out = net.forward(x)
+    assert out.shape == (5, 3) and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable
+    np.testing.assert_array_equal(net.forward(x.ravel(), 5), out)
+    np.testing.assert_array_equal(net.forward(x.ravel(), batch_size=5), out)
+    np.testing.assert_array_equal(net.forward(x, 5), out)
+    np.testing.assert_array_equal(net.forward(x.ravel()), out)  # whole rows, batch_size omitted
+    np.testing.assert_array_equal(net.forward(x.tolist()), out)  # nested lists
+
+
+def test_forward_returns_a_new_array(net_and_x):
+    net, x = net_and_x
+    a = net.forward(x)
+    b = net.forward(x)
+    assert not np.shares_memory(a, b) and not np.shares_memory(a, x)
+    a[:] = 0
+    assert np.any(net.forward(x) != 0)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda x: x.astype(np.float64),
+        lambda x: x.astype(np.float16).astype(np.float32),  # reference for the next one
+        lambda x: np.asfortranarray(x),
+        lambda x: x.astype(">f4"),  # big-endian
+        lambda x: np.repeat(x, 2, axis=1)[:, ::2],  # strided columns
+    ],
+    ids=["float64", "float16-roundtrip", "fortran", "big-endian", "strided"],
+)
+def test_forward_converts_like_numpy(net_and_x, convert):
+    net, x = net_and_x
+    converted = convert(x)
+    expected = net.forward(np.ascontiguousarray(converted, dtype=np.float32))
+    np.testing.assert_array_equal(net.forward(converted), expected)
+
+
+def test_forward_integer_and_bool_inputs(net_and_x):
+    net, _ = net_and_x
+    xi = np.arange(30, dtype=np.int64).reshape(5, 6)
+    np.testing.assert_array_equal(net.forward(xi), net.forward(xi.astype(np.float32)))
+    xb = (xi % 2).astype(bool)
+    np.testing.assert_array_equal(net.forward(xb), net.forward(xb.astype(np.float32)))
+
+
+def test_strided_rows_and_read_only_input(net_and_x, rng):
+    net, _ = net_and_x
+    base = rng.standard_normal((10, 6)).astype(np.float32)
+    every_other = base[::2]
+    assert not every_other.flags.c_contiguous
+    np.testing.assert_array_equal(net.forward(every_other), net.forward(every_other.copy()))
+    frozen = base.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(net.forward(frozen), net.forward(base))
+
+
+def test_forward_batch_chunks_equal_forward(rng, single_thread):
+    net = kortexdl.Network([6, 8, 3], seed=4)
+    x = rng.standard_normal((103, 6)).astype(np.float32)
+    full = net.forward(x)
+    for chunk in (1, 7, 50, 103, 500):
+        out = net.forward_batch(x, chunk)
+        assert out.shape == (103, 3)
+        np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.forward_batch(x.ravel(), 10), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.forward_batch(x), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(net.forward_batch_thread_safe(x, 10), net.forward_batch(x, 10))
+    np.testing.assert_array_equal(net.forward_thread_safe(x), full)
+
+
+# ---------------------------------------------------------------------------
+# Targets, training, evaluation
+
+
+def test_labels_and_one_hot_give_the_same_step(rng):
+    x = rng.standard_normal((16, 5)).astype(np.float32)
+    labels = rng.integers(0, 4, size=16)
+    one_hot = np.eye(4, dtype=np.float32)[labels]
+    results = []
+    for targets in (labels, labels.astype(np.int32), labels.astype(np.uint8), one_hot, one_hot.ravel(),
+                    one_hot.astype(np.float64)):
+        net = kortexdl.Network([5, 7, 4], output_activation="softmax", seed=3)
+        loss = net.train_batch(x, targets, CE, 0.1)
+        results.append((loss, net.get_parameters()))
+    for loss, params in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        np.testing.assert_allclose(params, results[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_training_reduces_loss(rng):
+    net = kortexdl.Network([10, 32, 2], seed=0, optimizer="adam")
+    x, y = regression_data(rng, 256, 10, 2)
+    first = net.train_batch(x, y, MSE, 0.01)
+    for _ in range(50):
+        last = net.train_batch(x, y, MSE, 0.01)
+    assert isinstance(first, float)
+    assert last < 0.5 * first
+
+
+def test_binary_cross_entropy(rng):
+    net = kortexdl.Network([4, 8, 1], output_activation="sigmoid", seed=1)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    for _ in range(100):
+        net.train_batch(x, y, BCE, 0.5)
+    e = net.evaluate(x, y, BCE)
+    assert e.accuracy is not None and e.accuracy > 0.8
+
+
+def test_evaluate_result_object(rng):
+    net = kortexdl.Network([5, 3], output_activation="softmax", seed=2)
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, size=40)
+    e = net.evaluate(x, labels, CE)
+    assert isinstance(e, kortexdl.Evaluation)
+    assert e.samples == 40 and 0.0 <= e.accuracy <= 1.0 and e.loss > 0
+    loss, accuracy = e
+    assert (loss, accuracy) == (e.loss, e.accuracy)
+    assert float(e) == e.loss
+    assert repr(e).startswith("Evaluation(loss=") and "samples=40" in repr(e)
+    # Chunked evaluation agrees; MSE has no accuracy.
+    assert net.evaluate(x, labels, CE, 7).loss == pytest.approx(e.loss, rel=1e-5)
+    assert net.evaluate_thread_safe(x, labels, "cross_entropy").loss == pytest.approx(e.loss, rel=1e-6)
+    m = net.evaluate(x, np.zeros((40, 3), np.float32), MSE)
+    assert m.accuracy is None
+    assert list(m) == [m.loss, None]
+    assert "accuracy=None" in repr(m)
+
+
+def test_loss_type_by_name(rng):
+    net = kortexdl.Network([3, 2], seed=0)
+    x, y = regression_data(rng, 4, 3, 2)
+    assert net.evaluate(x, y, "mse").loss == net.evaluate(x, y, MSE).loss
+    assert net.evaluate(x, y, "MSE").loss == net.evaluate(x, y, MSE).loss
+
+
+def test_compute_and_apply_gradients_equal_train_batch(rng):
+    x, y = regression_data(rng, 32, 6, 2)
+    a = kortexdl.Network([6, 9, 2], seed=8, optimizer="momentum")
+    b = kortexdl.Network([6, 9, 2], seed=8, optimizer="momentum")
+    for _ in range(3):
+        loss_a = a.train_batch(x, y, MSE, 0.05)
+        loss_b, grad = b.compute_gradients(x, y, MSE)
+        assert grad.shape == (b.parameter_count,) and grad.dtype == np.float32
+        assert loss_b == pytest.approx(loss_a, rel=1e-6)
+        b.apply_gradients(grad, 0.05)
+    np.testing.assert_allclose(a.get_parameters(), b.get_parameters(), rtol=1e-6, atol=1e-7)
+    assert b.version == 3
+
+
+# ---------------------------------------------------------------------------
+# Parameters
+
+
+def test_weights_round_trip(rng):
+    net = kortexdl.Network([5, 4, 3], seed=1)
+    layers = net.get_weights()
+    assert [(w.shape, b.shape) for w, b in layers] == [((5, 4), (4,)), ((4, 3), (3,))]
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    # y = relu(x W0 + b0) W1 + b1
+    (w0, b0), (w1, b1) = layers
+    expected = np.maximum(x @ w0 + b0, 0) @ w1 + b1
+    np.testing.assert_allclose(net.forward(x), expected, rtol=1e-5, atol=1e-5)
+
+    new = [(rng.standard_normal(w.shape), rng.standard_normal(b.shape)) for w, b in layers]  # float64
+    net.set_weights(new)
+    for (w, b), (nw, nb) in zip(net.get_weights(), new):
+        np.testing.assert_array_equal(w, nw.astype(np.float32))
+        np.testing.assert_array_equal(b, nb.astype(np.float32))
+    flat = net.get_parameters()
+    other = kortexdl.Network([5, 4, 3], seed=99)
+    other.set_parameters(flat)
+    np.testing.assert_array_equal(other.forward(x), net.forward(x))
+    # Returned arrays are copies.
+    flat[:] = 0
+    assert np.any(net.get_parameters() != 0)
+
+
+def test_clone_copy_and_pickle(rng):
+    net = kortexdl.Network([4, 6, 2], optimizer="adam", seed=5)
+    x, y = regression_data(rng, 16, 4, 2)
+    net.train_batch(x, y, MSE, 0.01)
+    net.enable_thread_safety(True)
+    for twin in (net.clone(), copy.copy(net), copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert twin is not net
+        np.testing.assert_array_equal(twin.get_parameters(), net.get_parameters())
+        assert twin.config == net.config
+        # Optimizer state travels too: the next steps match exactly.
+        a, b = net.clone(), twin
+        for _ in range(2):
+            assert a.train_batch(x, y, MSE, 0.01) == b.train_batch(x, y, MSE, 0.01)
+        np.testing.assert_array_equal(a.get_parameters(), b.get_parameters())
+    assert net.clone().thread_safety_enabled is False
+
+
+# ---------------------------------------------------------------------------
+# Data-parallel training
+
+
+def test_train_parallel_numa_two_nodes_equals_plain_training(rng):
+    x, y = regression_data(rng, 512, 12, 3)
+    plain = kortexdl.Network([12, 16, 3], seed=21)
+    numa = kortexdl.Network([12, 16, 3], seed=21)
+    for _epoch in range(3):
+        for start in range(0, 512, 64):
+            plain.train_batch(x[start:start + 64], y[start:start + 64], MSE, 0.05)
+    loss = numa.train_parallel_numa(x, y, MSE, 0.05, batch_size=64, epochs=3, numa_nodes=2)
+    assert isinstance(loss, float)
+    np.testing.assert_allclose(numa.get_parameters(), plain.get_parameters(), rtol=1e-4, atol=1e-5)
+    assert numa.version == plain.version == 24
+
+
+def test_train_parallel_numa_history(rng):
+    x, y = regression_data(rng, 300, 8, 2)
+    net = kortexdl.Network([8, 16, 2], seed=2)
+    h = net.train_parallel_numa(x, y, MSE, 0.05, 64, 4, shuffle=True, seed=3, numa_nodes=2, history=True)
+    assert isinstance(h, kortexdl.TrainingHistory)
+    assert len(h.epoch_losses) == 4 and h.loss == h.epoch_losses[-1] and float(h) == h.loss
+    assert h.epoch_losses[-1] < h.epoch_losses[0]
+    assert h.steps == 4 * 5 and h.nodes == 2
+    assert h.seconds > 0 and 0 <= h.reduce_seconds <= h.seconds
+    assert len(h.worker_cpus) == 2 and all(isinstance(c, list) for c in h.worker_cpus)
+    assert "TrainingHistory(loss=" in repr(h)
+    # Same shuffle seed => same run.
+    a = kortexdl.Network([8, 16, 2], seed=2)
+    b = kortexdl.Network([8, 16, 2], seed=2)
+    a.train_parallel_numa(x, y, MSE, 0.05, 64, 2, shuffle=True, seed=11)
+    b.train_parallel_numa(x, y, MSE, 0.05, 64, 2, shuffle=True, seed=11)
+    np.testing.assert_array_equal(a.get_parameters(), b.get_parameters())
+
+
+def test_evaluate_parallel_numa_equals_evaluate(rng):
+    net = kortexdl.Network([8, 5], output_activation="softmax", seed=1)
+    x = rng.standard_normal((250, 8)).astype(np.float32)
+    labels = rng.integers(0, 5, size=250)
+    plain = net.evaluate(x, labels, CE)
+    for nodes in (0, 1, 2):
+        e = net.evaluate_parallel_numa(x, labels, CE, numa_nodes=nodes)
+        assert e.samples == 250
+        assert e.loss == pytest.approx(plain.loss, rel=1e-5)
+        assert e.accuracy == pytest.approx(plain.accuracy)
+    assert net.evaluate_parallel_numa(x, labels, CE, 16, numa_nodes=2).loss == pytest.approx(plain.loss, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Module functions
+
+
+def test_numa_topology():
+    topo = kortexdl.numa_topology()
+    assert set(topo) == {"nodes", "libnuma_available", "virtual_nodes", "pinning_allowed", "note"}
+    assert len(topo["nodes"]) >= 1
+    for node in topo["nodes"]:
+        assert isinstance(node["id"], int) and node["cpus"] and all(isinstance(c, int) for c in node["cpus"])
+    assert isinstance(topo["note"], str)
+    split = kortexdl.numa_topology(2)
+    assert len(split["nodes"]) == 2 and split["virtual_nodes"] is True
+
+
+def test_set_and_get_num_threads():
+    previous = kortexdl.get_num_threads()
+    try:
+        kortexdl.set_num_threads(3)
+        assert kortexdl.get_num_threads() == 3
+        kortexdl.set_num_threads(np.int64(1))
+        assert kortexdl.get_num_threads() == 1
+        kortexdl.set_num_threads(0)  # the default
+        assert kortexdl.get_num_threads() >= 1
+        with pytest.raises(ValueError, match="num_threads"):
+            kortexdl.set_num_threads(100000)
+        with pytest.raises(ValueError, match="n"):
+            kortexdl.set_num_threads(-1)
+        with pytest.raises(TypeError):
+            kortexdl.set_num_threads(2.5)
+    finally:
+        kortexdl.set_num_threads(previous)
+    assert kortexdl.calls_in_flight() == 0
+
+
+def test_exception_hierarchy():
+    assert issubclass(kortexdl.ShapeError, kortexdl.InvalidArgumentError)
+    assert issubclass(kortexdl.InvalidArgumentError, ValueError)
+    assert issubclass(kortexdl.ShapeError, kortexdl.KortexError)
+    assert issubclass(kortexdl.ConcurrencyError, RuntimeError)
+    assert issubclass(kortexdl.InternalError, RuntimeError)
+    assert issubclass(kortexdl.NumericalError, FloatingPointError)
+    assert issubclass(kortexdl.ResourceLimitError, MemoryError)
+    assert issubclass(kortexdl.FormatError, ValueError)
+    assert issubclass(kortexdl.IoError, OSError)
+    for cls in (kortexdl.ConcurrencyError, kortexdl.NumericalError, kortexdl.IoError):
+        assert issubclass(cls, kortexdl.KortexError)
+        assert str(cls("message")) == "message"
+
+
+def test_numerical_error_keeps_parameters():
+    net = kortexdl.Network([2, 2], seed=0)
+    x = np.full((4, 2), 3e38, np.float32)  # outputs overflow float32
+    before = net.get_parameters()
+    with pytest.raises(kortexdl.NumericalError) as info:
+        net.train_batch(x, np.zeros((4, 2), np.float32), MSE, 1.0)
+    assert isinstance(info.value, FloatingPointError)
+    np.testing.assert_array_equal(net.get_parameters(), before)
+    assert net.version == 0
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C
+
+
+def test_keyboard_interrupt_stops_train_parallel_numa(rng):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are only handled on the main thread")
+    net = kortexdl.Network([64, 256, 256, 8], seed=1)
+    x, y = regression_data(rng, 4096, 64, 8)
+    y *= 0.1
+
+    def interrupt():
+        time.sleep(0.1)
+        _thread.interrupt_main()
+
+    helper = threading.Thread(target=interrupt)
+    started = time.perf_counter()
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        # Thousands of epochs: minutes if it were not interrupted.
+        net.train_parallel_numa(x, y, MSE, 1e-3, batch_size=64, epochs=10_000)
+    elapsed = time.perf_counter() - started
+    helper.join()
+    assert elapsed < 2.0, f"KeyboardInterrupt took {elapsed:.2f} s"
+    # The network holds the parameters of the last whole step, and works.
+    assert net.version > 0
+    assert np.all(np.isfinite(net.get_parameters()))
+    assert np.all(np.isfinite(net.forward(x[:4])))
+    assert math.isfinite(net.train_batch(x[:64], y[:64], MSE, 1e-3))
+    assert math.isfinite(net.train_parallel_numa(x[:256], y[:256], MSE, 1e-3, batch_size=64))
+
+
+def test_keyboard_interrupt_with_thread_safety_and_nodes(rng):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are only handled on the main thread")
+    net = kortexdl.Network([64, 128, 8], seed=1)
+    net.enable_thread_safety(True)
+    x, y = regression_data(rng, 2048, 64, 8)
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    started = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        net.train_parallel_numa(x, y, MSE, 1e-3, batch_size=64, epochs=100_000, numa_nodes=2)
+    assert time.perf_counter() - started < 2.0
+    timer.join()
+    assert np.all(np.isfinite(net.get_parameters()))
+    # Nothing is left locked: a concurrent reader and a writer both proceed.
+    assert np.all(np.isfinite(net.forward_thread_safe(x[:4])))
+    assert math.isfinite(net.train_batch_thread_safe(x[:64], y[:64], MSE, 1e-3))
