@@ -489,3 +489,38 @@ def test_keyboard_interrupt_with_thread_safety_and_nodes(rng):
     # Nothing is left locked: a concurrent reader and a writer both proceed.
     assert np.all(np.isfinite(net.forward_thread_safe(x[:4])))
     assert math.isfinite(net.train_batch_thread_safe(x[:64], y[:64], MSE, 1e-3))
+
+
+# ---------------------------------------------------------------------------
+# Type stubs
+
+
+def _stub_tree():
+    import ast
+    import os
+
+    path = os.path.join(os.path.dirname(kortexdl._core.__file__), "_core.pyi")
+    if not os.path.exists(path):  # an installed wheel always ships it; a stray build may not
+        pytest.skip("_core.pyi not next to the module")
+    with open(path, encoding="utf-8") as f:
+        return ast.parse(f.read())
+
+
+def test_stubs_cover_the_module():
+    import ast
+
+    tree = _stub_tree()
+    top = set()
+    network_members = set()
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            top.add(node.name)
+            if isinstance(node, ast.ClassDef) and node.name == "Network":
+                network_members = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            top.add(node.target.id)
+    public = {name for name in dir(kortexdl._core) if not name.startswith("_")} | {"__version__"}
+    assert public <= top, f"missing from _core.pyi: {sorted(public - top)}"
+    members = {name for name in vars(kortexdl.Network) if not name.startswith("_")}
+    assert members <= network_members, f"Network members missing from _core.pyi: {sorted(members - network_members)}"
+    assert set(kortexdl.__all__) <= top
