@@ -3,7 +3,7 @@
 Every compute method of Network releases the GIL for the whole computation.
 """
 
-from typing import Any, Iterator, Literal, Optional, Sequence, SupportsIndex, Tuple, TypedDict, Union, overload
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, SupportsIndex, Tuple, TypedDict, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -116,6 +116,41 @@ class TrainingHistory:
     def worker_cpus(self) -> list[list[int]]: ...
     def __float__(self) -> float: ...
 
+class EpochRecord:
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def loss(self) -> float: ...
+    @property
+    def accuracy(self) -> Optional[float]: ...
+    @property
+    def validation_loss(self) -> Optional[float]: ...
+    @property
+    def validation_accuracy(self) -> Optional[float]: ...
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def seconds(self) -> float: ...
+
+class History:
+    @property
+    def epochs(self) -> list[EpochRecord]: ...
+    @property
+    def stopped_early(self) -> bool: ...
+    @property
+    def best_epoch(self) -> int: ...
+    @property
+    def best_loss(self) -> float: ...
+    @property
+    def restored_best(self) -> bool: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def loss(self) -> list[float]: ...
+    @property
+    def validation_loss(self) -> list[Optional[float]]: ...
+    def __len__(self) -> int: ...
+
 class NetworkConfig(TypedDict):
     hidden_activation: str
     output_activation: str
@@ -203,6 +238,36 @@ class Network:
     def evaluate_parallel_numa(
         self, inputs: ArrayLike, targets: ArrayLike, loss_type: LossLike, batch_size: BatchSize = None, *, numa_nodes: SupportsIndex = 0
     ) -> Evaluation: ...
+
+    # whole training runs and prediction (GIL released)
+    def fit(
+        self,
+        inputs: ArrayLike,
+        targets: ArrayLike,
+        loss_type: LossLike,
+        *,
+        epochs: SupportsIndex = 10,
+        batch_size: SupportsIndex = 32,
+        learning_rate: float = 1e-3,
+        schedule: Literal["constant", "step", "cosine"] = "constant",
+        step_epochs: SupportsIndex = 10,
+        gamma: float = 0.1,
+        min_learning_rate: float = 0.0,
+        shuffle: bool = True,
+        seed: Optional[SupportsIndex] = None,
+        validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
+        validation_split: float = 0.0,
+        early_stopping_patience: SupportsIndex = 0,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+        numa_nodes: SupportsIndex = 1,
+        on_epoch_end: Optional[Callable[[EpochRecord], Optional[bool]]] = None,
+        on_batch_end: Optional[Callable[[int, int, float], Optional[bool]]] = None,
+        batch_callback_every: Optional[SupportsIndex] = None,
+    ) -> History: ...
+    def predict(self, inputs: ArrayLike, batch_size: SupportsIndex = 256) -> FloatArray: ...
+    def predict_classes(self, inputs: ArrayLike, batch_size: SupportsIndex = 256) -> npt.NDArray[np.int32]: ...
+    def score(self, inputs: ArrayLike, labels: ArrayLike, batch_size: SupportsIndex = 256) -> float: ...
 
     # concurrency
     def enable_thread_safety(self, enabled: bool = True) -> None: ...

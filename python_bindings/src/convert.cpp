@@ -90,9 +90,9 @@ std::size_t flat_rows(const FloatInput& in, std::size_t width, const char* argum
 }
 
 template <class Int>
-LabelArray labels_from(const py::array& any, std::size_t outputs) {
+LabelArray labels_from(const py::array& any, std::size_t outputs, const char* argument) {
   auto source = py::array_t<Int, py::array::c_style | py::array::forcecast>::ensure(any);
-  if (!source) throw py::type_error("targets: cannot convert the labels to integers");
+  if (!source) throw py::type_error(std::string(argument) + ": cannot convert the labels to integers");
   const auto size = static_cast<std::size_t>(source.size());
   LabelArray labels(static_cast<py::ssize_t>(size));
   const Int* in = source.data();
@@ -106,7 +106,7 @@ LabelArray labels_from(const py::array& any, std::size_t outputs) {
       fits = v <= static_cast<std::uint64_t>(INT32_MAX);
     }
     if (!fits) {
-      throw InvalidArgumentError("targets: label " + std::to_string(v) + " at index " + num(i) +
+      throw InvalidArgumentError(std::string(argument) + ": label " + std::to_string(v) + " at index " + num(i) +
                                  " is out of range [0, " + num(outputs) + ")");
     }
     out[i] = static_cast<std::int32_t>(v);
@@ -114,7 +114,25 @@ LabelArray labels_from(const py::array& any, std::size_t outputs) {
   return labels;
 }
 
+LabelArray integer_labels(const py::array& any, std::size_t outputs, const char* argument) {
+  if (LabelArray::check_(any)) return py::reinterpret_borrow<LabelArray>(any);
+  if (any.dtype().kind() == 'i') return labels_from<std::int64_t>(any, outputs, argument);
+  return labels_from<std::uint64_t>(any, outputs, argument);
+}
+
 }  // namespace
+
+LabelArray to_labels(py::handle object, const char* argument, std::size_t outputs) {
+  if (object.is_none()) throw py::type_error(std::string(argument) + ": expected an array of integer class labels, got None");
+  py::array any = as_numpy(object, argument);
+  const char kind = any.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    throw py::type_error(std::string(argument) + ": expected integer class labels, got dtype " +
+                         py::str(any.dtype()).cast<std::string>());
+  }
+  check_ndim(any, argument, 1);
+  return integer_labels(any, outputs, argument);
+}
 
 std::string type_name(py::handle object) {
   PyTypeObject* type = Py_TYPE(object.ptr());
@@ -172,14 +190,14 @@ Batch exact_batch(const Network& network, py::handle inputs, py::handle batch_si
   return batch;
 }
 
-Batch inferred_batch(const Network& network, py::handle inputs) {
-  Batch batch{to_float_array(inputs, "inputs"), 0};
+Batch inferred_batch(const Network& network, py::handle inputs, const char* argument) {
+  Batch batch{to_float_array(inputs, argument), 0};
   const std::size_t width = network.input_size();
   if (batch.inputs.ndim == 2) {
-    check_columns(batch.inputs, width, "inputs", "input_size");
+    check_columns(batch.inputs, width, argument, "input_size");
     batch.rows = batch.inputs.shape0;
   } else {
-    batch.rows = flat_rows(batch.inputs, width, "inputs");
+    batch.rows = flat_rows(batch.inputs, width, argument);
   }
   return batch;
 }
@@ -189,39 +207,35 @@ Targets TargetsInput::view() const {
   return Targets(std::span<const float>(values.data(), static_cast<std::size_t>(values.size())));
 }
 
-TargetsInput to_targets(py::handle object, LossType loss, std::size_t rows, std::size_t outputs) {
+TargetsInput to_targets(py::handle object, LossType loss, std::size_t rows, std::size_t outputs,
+                        const char* argument) {
+  const std::string name = argument;
   if (object.is_none()) {
-    throw py::type_error("targets: expected an array of target values (or integer class labels), got None");
+    throw py::type_error(name + ": expected an array of target values (or integer class labels), got None");
   }
   TargetsInput t;
   const bool labels_possible = loss == LossType::CrossEntropy;
   if (!labels_possible && FloatArray::check_(object)) {
     t.values = py::reinterpret_borrow<FloatArray>(object);
   } else {
-    py::array any = as_numpy(object, "targets");
-    check_numeric(any, "targets");
-    check_ndim(any, "targets", 2);
+    py::array any = as_numpy(object, argument);
+    check_numeric(any, argument);
+    check_ndim(any, argument, 2);
     const char kind = any.dtype().kind();
     if (labels_possible && any.ndim() == 1 && (kind == 'i' || kind == 'u')) {
       t.is_labels = true;
-      if (LabelArray::check_(any)) {
-        t.labels = py::reinterpret_borrow<LabelArray>(any);
-      } else if (kind == 'i') {
-        t.labels = labels_from<std::int64_t>(any, outputs);
-      } else {
-        t.labels = labels_from<std::uint64_t>(any, outputs);
-      }
+      t.labels = integer_labels(any, outputs, argument);
       return t;
     }
     t.values = FloatArray::ensure(any);
-    if (!t.values) throw py::type_error("targets: cannot convert to a float32 array");
+    if (!t.values) throw py::type_error(name + ": cannot convert to a float32 array");
   }
-  check_ndim(t.values, "targets", 2);
+  check_ndim(t.values, argument, 2);
   if (t.values.ndim() == 2) {
     const auto r = static_cast<std::size_t>(t.values.shape(0));
     const auto c = static_cast<std::size_t>(t.values.shape(1));
     if (r != rows || c != outputs) {
-      throw ShapeError("targets: expected shape (rows, output_size) = (" + num(rows) + ", " + num(outputs) +
+      throw ShapeError(name + ": expected shape (rows, output_size) = (" + num(rows) + ", " + num(outputs) +
                        "), got " + shape_text(t.values) +
                        (loss == LossType::CrossEntropy && c == 1 && r == rows
                             ? " (for class labels pass a 1-D integer array)"

@@ -59,7 +59,7 @@ Batch exact_batch(const Network& network, py::handle inputs, py::handle batch_si
 
 // For calls that infer the rows and take batch_size as a chunk or mini-batch
 // size (forward_batch, evaluate, the data-parallel calls).
-Batch inferred_batch(const Network& network, py::handle inputs);
+Batch inferred_batch(const Network& network, py::handle inputs, const char* argument = "inputs");
 
 // What a training/evaluation call compares with: float values (rows x
 // outputs, 2-D or flat) or, for CrossEntropy, a 1-D integer label array
@@ -70,7 +70,11 @@ struct TargetsInput {
   bool is_labels = false;
   Targets view() const;
 };
-TargetsInput to_targets(py::handle targets, LossType loss, std::size_t rows, std::size_t outputs);
+TargetsInput to_targets(py::handle targets, LossType loss, std::size_t rows, std::size_t outputs,
+                        const char* argument = "targets");
+
+// A 1-D integer label array as int32 (int32 arrays are borrowed).
+LabelArray to_labels(py::handle labels, const char* argument, std::size_t outputs);
 
 // Scalars. Integers accept Python ints and numpy integers, never floats or
 // bools. minimum is checked with the library's message format.
@@ -86,5 +90,14 @@ py::array_t<float> new_float_array(std::size_t rows, std::size_t cols);
 py::array_t<float> new_float_vector(std::size_t size);
 
 std::string type_name(py::handle object);
+
+// A numpy array that takes over a C++ vector (no copy): 1-D, or with a shape.
+template <class T>
+py::array_t<T> adopt(std::vector<T>&& values, std::vector<py::ssize_t> shape = {}) {
+  if (shape.empty()) shape.push_back(static_cast<py::ssize_t>(values.size()));
+  auto* owned = new std::vector<T>(std::move(values));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(std::move(shape), owned->data(), owner);
+}
 
 }  // namespace kortexdl::python

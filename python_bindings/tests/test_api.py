@@ -524,3 +524,122 @@ def test_stubs_cover_the_module():
     members = {name for name in vars(kortexdl.Network) if not name.startswith("_")}
     assert members <= network_members, f"Network members missing from _core.pyi: {sorted(members - network_members)}"
     assert set(kortexdl.__all__) <= top
+
+
+# ---------------------------------------------------------------------------
+# fit, predict, predict_classes, score
+
+
+@pytest.fixture
+def classification(rng):
+    x = rng.standard_normal((600, 10)).astype(np.float32)
+    labels = ((x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)).astype(np.int64)
+    return x, labels
+
+
+def test_fit_learns_and_reports(classification):
+    x, labels = classification
+    net = kortexdl.Network([10, 32, 3], output_activation="softmax", optimizer="adam", seed=1)
+    records = []
+    h = net.fit(x, labels, CE, epochs=6, batch_size=32, learning_rate=0.01, validation_split=0.2,
+                on_epoch_end=records.append)
+    assert isinstance(h, kortexdl.History) and len(h) == 6 and len(h.epochs) == 6
+    assert [r.epoch for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(r, kortexdl.EpochRecord) for r in records)
+    assert h.loss == [r.loss for r in h.epochs] and h.loss[-1] < h.loss[0]
+    last = h.epochs[-1]
+    assert last.validation_loss is not None and 0 <= last.validation_accuracy <= 1 and last.accuracy > 0.6
+    assert h.steps == 6 * 15 and not h.stopped_early and 1 <= h.best_epoch <= 6
+    assert "EpochRecord(epoch=6" in repr(last) and repr(h).startswith("History(")
+    assert net.score(x, labels) > 0.7
+    assert net.version == h.steps
+
+
+def test_fit_validation_data_schedule_and_early_stopping(classification):
+    x, labels = classification
+    net = kortexdl.Network([10, 16, 3], output_activation="softmax", seed=2)
+    h = net.fit(x[:500], labels[:500], "cross_entropy", epochs=3, learning_rate=0.05,
+                validation_data=(x[500:], labels[500:]), schedule="step", step_epochs=1, gamma=0.5)
+    assert [r.learning_rate for r in h.epochs] == pytest.approx([0.05, 0.025, 0.0125])
+    assert all(r.validation_loss is not None for r in h.epochs)
+    # A learning rate this small never improves by min_delta: patience runs out.
+    h = net.fit(x, labels, CE, epochs=50, learning_rate=1e-7, early_stopping_patience=2, min_delta=1.0)
+    assert h.stopped_early and len(h.epochs) == 3 and h.best_epoch == 1
+
+
+def test_fit_callbacks_stop_and_raise(classification):
+    x, labels = classification
+    net = kortexdl.Network([10, 8, 3], seed=3)
+    h = net.fit(x, labels, CE, epochs=100, on_epoch_end=lambda r: r.epoch < 2)
+    assert h.stopped_early and len(h.epochs) == 2
+    calls = []
+
+    def on_batch(epoch, step, loss):
+        calls.append((epoch, step, loss))
+        return step < 4
+
+    h = net.fit(x, labels, CE, epochs=100, on_batch_end=on_batch)
+    assert h.stopped_early and h.steps == 4 and [c[:2] for c in calls] == [(1, 1), (1, 2), (1, 3), (1, 4)]
+
+    def boom(record):
+        raise ZeroDivisionError("from the callback")
+
+    version = net.version
+    with pytest.raises(ZeroDivisionError, match="from the callback"):
+        net.fit(x, labels, CE, epochs=100, on_epoch_end=boom)
+    assert net.version == version + 19  # one epoch of 600 / 32 rounded up, then stopped
+    with pytest.raises(TypeError, match="on_epoch_end"):
+        net.fit(x, labels, CE, on_epoch_end=3)
+
+
+def test_fit_callbacks_may_use_the_network(classification):
+    x, labels = classification
+    net = kortexdl.Network([10, 8, 3], seed=3)
+    seen = []
+    net.fit(x, labels, CE, epochs=2, on_epoch_end=lambda r: seen.append(net.evaluate(x, labels, CE).loss))
+    assert len(seen) == 2 and all(math.isfinite(v) for v in seen)
+
+
+def test_fit_errors_name_the_argument(classification):
+    x, labels = classification
+    net = kortexdl.Network([10, 3], seed=0)
+    for kwargs, argument in [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                             ({"learning_rate": -1.0}, "learning_rate"), ({"validation_split": 1.5}, "validation_split"),
+                             ({"schedule": "linear"}, "schedule"), ({"validation_data": (x[:, :3], labels)},
+                                                                    "validation_data[0]")]:
+        with pytest.raises(ValueError, match=argument.replace("[", r"\[")):
+            net.fit(x, labels, CE, **kwargs)
+    assert net.version == 0
+
+
+def test_fit_keyboard_interrupt(classification):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are only handled on the main thread")
+    x, labels = classification
+    net = kortexdl.Network([10, 64, 3], seed=4)
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    started = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(x, labels, CE, epochs=1_000_000, batch_size=8)
+    assert time.perf_counter() - started < 2.0
+    timer.join()
+    assert net.version > 0 and np.all(np.isfinite(net.get_parameters()))
+
+
+def test_predict_predict_classes_and_score(classification):
+    x, labels = classification
+    net = kortexdl.Network([10, 16, 3], seed=5)
+    out = net.forward(x)
+    np.testing.assert_allclose(net.predict(x, 64), out, rtol=1e-5, atol=1e-6)
+    assert net.predict(x).shape == (600, 3) and net.predict(x).dtype == np.float32
+    classes = net.predict_classes(x)
+    assert classes.dtype == np.int32 and classes.shape == (600,)
+    np.testing.assert_array_equal(classes, np.argmax(net.predict(x), axis=1))
+    assert net.score(x, labels) == pytest.approx(np.mean(classes == labels))
+    with pytest.raises(kortexdl.ShapeError, match="labels"):
+        net.score(x, labels[:-1])
+    with pytest.raises(TypeError, match="labels"):
+        net.score(x, labels.astype(np.float32))
+    binary = kortexdl.Network([10, 1], output_activation="sigmoid", seed=1)
+    assert set(np.unique(binary.predict_classes(x))) <= {0, 1}

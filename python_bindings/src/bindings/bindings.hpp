@@ -22,6 +22,10 @@ NetworkClass bind_network(py::module_& m);
 // their result type.
 void bind_data_parallel(py::module_& m, NetworkClass& network);
 
+// training_bindings.cpp: fit, predict, predict_classes, score and their
+// result types.
+void bind_training(py::module_& m, NetworkClass& network);
+
 // The docstring sentence every compute method carries.
 inline constexpr const char* kReleasesGil =
     "\n\nReleases the GIL for the whole computation: other Python threads keep running, and calls "

@@ -84,6 +84,10 @@ constexpr const char* kCountedMethods[] = {
     "get_parameters",
     "set_parameters",
     "clone",
+    "fit",
+    "predict",
+    "predict_classes",
+    "score",
 };
 
 }  // namespace
@@ -256,4 +260,5 @@ PYBIND11_MODULE(_core, m) {
   kp::bind_module_functions(m);
   auto network = kp::bind_network(m);
   kp::bind_data_parallel(m, network);
+  kp::bind_training(m, network);
 }

@@ -1,23 +1,18 @@
 // Network.train_parallel_numa / evaluate_parallel_numa and TrainingHistory.
 //
 // train_parallel_numa is one long C++ call (many epochs of mini-batches), so
-// it is interruptible: the library polls DataParallelOptions::should_stop
-// between mini-batches, and the poller below, at most every 50 ms, takes the
-// GIL and runs Python's signal handlers (PyErr_CheckSignals). If a handler
-// raised (Ctrl-C: KeyboardInterrupt), the exception is kept, the poller asks
-// the library to stop, the library throws InterruptedError after the last
-// whole step, and the binding re-raises the kept exception. The network holds
-// the parameters after the last whole step.
+// it is interruptible (interrupt.hpp): Ctrl-C stops it after the last whole
+// mini-batch, and the binding re-raises the KeyboardInterrupt. The network
+// holds the parameters after the last whole step.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <chrono>
 #include <cstdio>
-#include <optional>
 #include <string>
 
 #include "../convert.hpp"
 #include "../gil_utils.hpp"
+#include "../interrupt.hpp"
 #include "bindings.hpp"
 #include "kortexdl/data_parallel.hpp"
 #include "kortexdl/error.hpp"
@@ -25,36 +20,6 @@
 namespace kortexdl::python {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-class SignalPoller {
- public:
-  static constexpr std::chrono::milliseconds kInterval{50};
-
-  // Called by the library on the calling thread, GIL released. Costs one
-  // clock read unless kInterval has passed since the last check.
-  bool operator()() {
-    const auto now = Clock::now();
-    if (now < next_) return false;
-    next_ = now + kInterval;
-    py::gil_scoped_acquire gil;
-    if (PyErr_CheckSignals() != 0) {
-      pending_.emplace();  // fetches (and clears) the raised exception
-      return true;
-    }
-    return false;
-  }
-
-  // With the GIL held, after the call: re-raise what a signal handler raised.
-  void rethrow_pending() {
-    if (pending_) throw *pending_;
-  }
-
- private:
-  Clock::time_point next_ = Clock::now() + kInterval;
-  std::optional<py::error_already_set> pending_;
-};
 
 std::string format_double(double value) {
   char buffer[64];

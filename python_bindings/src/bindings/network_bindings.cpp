@@ -112,13 +112,6 @@ std::string network_repr(const Network& net) {
          ", thread_safety=" + (net.thread_safety_enabled() ? "True" : "False") + ")";
 }
 
-// A numpy array that takes over a C++ vector (no copy).
-py::array_t<float> adopt(std::vector<float>&& values) {
-  auto* owned = new std::vector<float>(std::move(values));
-  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
-  return py::array_t<float>(static_cast<py::ssize_t>(owned->size()), owned->data(), owner);
-}
-
 py::array_t<float> copy_rows(const float* data, std::size_t rows, std::size_t cols) {
   auto out = new_float_array(rows, cols);
   std::copy_n(data, rows * cols, out.mutable_data());
