@@ -1,0 +1,236 @@
+// The process-wide intra-op thread budget (threading.hpp,
+// src/parallel/thread_budget.hpp): get/set, the default and the environment
+// variables it honours, the in-flight call count, and the per-call share of
+// the budget.
+#include <gtest/gtest.h>
+#include <omp.h>
+#include <sched.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kortexdl/kortexdl.hpp"
+#include "parallel/thread_budget.hpp"  // internal: ComputeScope, share_for
+#include "test_support.hpp"
+
+extern char** environ;
+
+namespace {
+
+using kortexdl::LossType;
+using kortexdl::Network;
+using kortexdl::NetworkConfig;
+using kortex_test::ThreadBudget;
+
+// The default as documented: KORTEX_NUM_THREADS, else OMP_NUM_THREADS (its
+// first entry), else the CPUs this process may run on.
+std::size_t documented_default() {
+  for (const char* name : {"KORTEX_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    const char* v = std::getenv(name);
+    if (v != nullptr && *v != '\0') {
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(v, &end, 10);
+      if (end != v && n > 0 && n <= 4096) return n;
+    }
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  EXPECT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+  return static_cast<std::size_t>(CPU_COUNT(&set));
+}
+
+TEST(ThreadBudget, SetAndGet) {
+  ThreadBudget restore(0);
+  for (const std::size_t n : {std::size_t{1}, std::size_t{3}, std::size_t{64}, std::size_t{4096}}) {
+    kortexdl::set_num_threads(n);
+    EXPECT_EQ(kortexdl::get_num_threads(), n);
+  }
+  kortexdl::set_num_threads(7);
+  EXPECT_THROW(kortexdl::set_num_threads(4097), kortexdl::InvalidArgumentError);
+  EXPECT_EQ(kortexdl::get_num_threads(), 7u) << "a refused value changed the budget";
+}
+
+TEST(ThreadBudget, ZeroRestoresTheDefault) {
+  kortexdl::set_num_threads(0);
+  const std::size_t initial = kortexdl::get_num_threads();
+  EXPECT_EQ(initial, documented_default());
+  kortexdl::set_num_threads(initial + 5);
+  EXPECT_EQ(kortexdl::get_num_threads(), initial + 5);
+  kortexdl::set_num_threads(0);
+  EXPECT_EQ(kortexdl::get_num_threads(), initial);
+}
+
+TEST(ThreadBudget, CallsInFlightReturnsToZero) {
+  EXPECT_EQ(kortexdl::calls_in_flight(), 0u);
+  NetworkConfig config;
+  config.seed = 1;
+  Network net({8, 16, 4}, config);
+  const std::vector<float> x = kortex_test::normal_floats(4 * 8, 2);
+  const std::vector<float> t = kortex_test::normal_floats(4 * 4, 3);
+  std::vector<std::size_t> inside;
+  net.set_update_observer([&](std::span<const float>, std::uint64_t) { inside.push_back(kortexdl::calls_in_flight()); });
+  (void)net.forward(x, 4);
+  (void)net.forward_batch(x, 3);
+  (void)net.evaluate(x, t, LossType::MSE, 2);
+  (void)net.compute_gradients(x, t, LossType::MSE, 4);
+  net.train_batch(x, t, LossType::MSE, 0.01f, 4);
+  net.train_batch_thread_safe(x, t, LossType::MSE, 0.01f, 4);
+  EXPECT_EQ(kortexdl::calls_in_flight(), 0u);
+  // The observer runs inside a training call: that call is in flight.
+  ASSERT_EQ(inside.size(), 2u);
+  EXPECT_EQ(inside[0], 1u);
+  EXPECT_EQ(inside[1], 1u);
+  // Calls that fail inside the library are not left counted.
+  const std::vector<float> huge(4 * 8, 3e38f);
+  net.set_parameters(std::vector<float>(net.parameter_count(), 0.5f));
+  EXPECT_THROW(net.train_batch(huge, t, LossType::MSE, 0.01f, 4), kortexdl::NumericalError);
+  EXPECT_THROW((void)net.forward(x, 5), kortexdl::ShapeError);
+  EXPECT_EQ(kortexdl::calls_in_flight(), 0u);
+}
+
+TEST(ThreadBudget, ConcurrentCallsShareTheBudget) {
+  // Two training calls on two networks meet inside their update observers:
+  // both are in flight, so each may use half of the budget.
+  ThreadBudget budget(4);
+  NetworkConfig config;
+  config.seed = 4;
+  Network a({8, 16, 4}, config);
+  Network b({8, 16, 4}, config);
+  const std::vector<float> x = kortex_test::normal_floats(4 * 8, 5);
+  const std::vector<float> t = kortex_test::normal_floats(4 * 4, 6);
+  // Both observers arrive before either measures, and both have measured
+  // before either leaves (and ends its call).
+  kortex_test::TimedLatch arrived(2), measured(2);
+  std::size_t in_flight[2] = {0, 0};
+  std::size_t share[2] = {0, 0};
+  bool met[2] = {false, false};
+  auto observer_for = [&](int i) {
+    return [&, i](std::span<const float>, std::uint64_t) {
+      met[i] = arrived.arrive_and_wait();
+      in_flight[i] = kortexdl::calls_in_flight();
+      share[i] = kortexdl::detail::share_for(1e12);
+      met[i] = measured.arrive_and_wait() && met[i];
+    };
+  };
+  a.set_update_observer(observer_for(0));
+  b.set_update_observer(observer_for(1));
+  std::thread ta([&] { a.train_batch(x, t, LossType::MSE, 0.01f, 4); });
+  std::thread tb([&] { b.train_batch(x, t, LossType::MSE, 0.01f, 4); });
+  ta.join();
+  tb.join();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(met[i]) << "the two calls never were in flight together";
+    EXPECT_EQ(in_flight[i], 2u);
+    EXPECT_EQ(share[i], 2u) << "budget 4 shared by 2 calls";
+  }
+  EXPECT_EQ(kortexdl::calls_in_flight(), 0u);
+  // Alone again: the whole budget, but never more threads than the work is worth.
+  EXPECT_EQ(kortexdl::detail::share_for(1e12), 4u);
+  EXPECT_EQ(kortexdl::detail::share_for(1.0), 1u);
+  EXPECT_EQ(kortexdl::detail::share_for(2.5 * kortexdl::detail::kMinFlopsPerExtraThread), 2u);
+}
+
+TEST(ThreadBudget, ComputeScopeSetsAndRestoresTheCallingThreadsTeamSize) {
+  ThreadBudget budget(3);
+  // On a fresh thread, which never set its OpenMP team size itself.
+  std::thread worker([] {
+    const int before = omp_get_max_threads();
+    {
+      kortexdl::detail::ComputeScope scope(1e12);
+      EXPECT_EQ(scope.threads(), 3u);
+      EXPECT_EQ(omp_get_max_threads(), 3);
+      EXPECT_EQ(kortexdl::calls_in_flight(), 1u);
+      {
+        kortexdl::detail::ComputeScope nested(1e12);  // 2 in flight: 3 / 2 = 1 each
+        EXPECT_EQ(nested.threads(), 1u);
+        EXPECT_EQ(omp_get_max_threads(), 1);
+      }
+      EXPECT_EQ(omp_get_max_threads(), 3);
+      kortexdl::detail::ComputeScope small(1000.0);  // too little work for a team
+      EXPECT_EQ(small.threads(), 1u);
+    }
+    EXPECT_EQ(omp_get_max_threads(), before);
+    EXPECT_EQ(kortexdl::calls_in_flight(), 0u);
+  });
+  worker.join();
+}
+
+// ---- environment variables, checked in child processes ----------------------
+//
+// The default is read from the environment when the budget is first used,
+// so each case runs this binary again with a prepared environment and only
+// the (disabled by default) child test below.
+
+TEST(ThreadBudgetChild, DISABLED_ReportsTheExpectedDefault) {
+  const char* expected = std::getenv("KORTEX_TEST_EXPECTED_THREADS");
+  ASSERT_NE(expected, nullptr) << "run by ThreadBudget.EnvironmentVariablesAreHonoured";
+  const std::size_t n = std::strtoul(expected, nullptr, 10);
+  EXPECT_EQ(kortexdl::get_num_threads(), n);
+  kortexdl::set_num_threads(n + 3);
+  kortexdl::set_num_threads(0);
+  EXPECT_EQ(kortexdl::get_num_threads(), n) << "set_num_threads(0) does not restore the environment's value";
+}
+
+// Runs the child test with `vars` set (and KORTEX_NUM_THREADS /
+// OMP_NUM_THREADS removed unless given); returns its exit status.
+int run_child(const std::vector<std::string>& vars, std::size_t expected) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    if (entry.rfind("KORTEX_NUM_THREADS=", 0) == 0 || entry.rfind("OMP_NUM_THREADS=", 0) == 0 ||
+        entry.rfind("KORTEX_TEST_EXPECTED_THREADS=", 0) == 0 || entry.rfind("GTEST_", 0) == 0) {
+      continue;
+    }
+    env.push_back(entry);
+  }
+  for (const auto& v : vars) env.push_back(v);
+  env.push_back("KORTEX_TEST_EXPECTED_THREADS=" + std::to_string(expected));
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  std::string self = "/proc/self/exe";
+  std::string filter = "--gtest_filter=ThreadBudgetChild.DISABLED_ReportsTheExpectedDefault";
+  std::string disabled = "--gtest_also_run_disabled_tests";
+  std::string brief = "--gtest_brief=1";
+  std::vector<char*> argv = {self.data(), filter.data(), disabled.data(), brief.data(), nullptr};
+  pid_t pid = 0;
+  if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), envp.data()) != 0) return -1;
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(ThreadBudget, EnvironmentVariablesAreHonoured) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+  const auto cpus = static_cast<std::size_t>(CPU_COUNT(&set));
+  struct Case {
+    std::vector<std::string> vars;
+    std::size_t expected;
+  };
+  const std::vector<Case> cases = {
+      {{"KORTEX_NUM_THREADS=3"}, 3},
+      {{"KORTEX_NUM_THREADS=3", "OMP_NUM_THREADS=5"}, 3},  // ours wins
+      {{"OMP_NUM_THREADS=5"}, 5},
+      {{"OMP_NUM_THREADS=6,2"}, 6},  // a nesting list: its first entry
+      {{}, cpus},
+      {{"KORTEX_NUM_THREADS=0"}, cpus},       // not a thread count: ignored
+      {{"KORTEX_NUM_THREADS=lots"}, cpus},    // not a number: ignored
+      {{"KORTEX_NUM_THREADS=9999", "OMP_NUM_THREADS=2"}, 2},  // above the limit: ignored
+  };
+  for (const auto& c : cases) {
+    std::string label;
+    for (const auto& v : c.vars) label += v + " ";
+    EXPECT_EQ(run_child(c.vars, c.expected), 0) << "environment: " << label << "expected " << c.expected;
+  }
+}
+
+}  // namespace
