@@ -174,15 +174,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   float* grad = lease.take(s.arch.parameter_count);
   const float scale = 1.0f / static_cast<float>(batch_size);
 
-  auto finish = [&](const detail::LossSums& sums) {
-    const double mean = sums.loss / static_cast<double>(batch_size);
-    if (!std::isfinite(mean)) {
-      throw NumericalError(std::string(operation) + ": the loss is " + (std::isnan(mean) ? "nan" : "inf") +
-                           " for this batch, so the step was not applied (the parameters are unchanged); "
-                           "lower the learning rate or check the inputs' scale");
-    }
-    return static_cast<float>(mean);
-  };
+  auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
 
   if (lock) {
     detail::LossSums sums;
@@ -190,18 +182,20 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
       AccessGuard::Read access(s.guard, true, operation);
       sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
     }
-    const float mean = finish(sums);
     AccessGuard::Write access(s.guard, true, operation);
+    detail::check_step_is_finite(operation, mean_of(sums), s.config.optimizer, s.arch, s.params.data(), grad,
+                                 learning_rate, s.optimizer);
     detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
     s.published_write();
-    return mean;
+    return static_cast<float>(mean_of(sums));
   }
   AccessGuard::Write access(s.guard, false, operation);
   const auto sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
-  const float mean = finish(sums);
+  detail::check_step_is_finite(operation, mean_of(sums), s.config.optimizer, s.arch, s.params.data(), grad,
+                               learning_rate, s.optimizer);
   detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
   s.published_write();
-  return mean;
+  return static_cast<float>(mean_of(sums));
 }
 
 Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, const Targets& targets, LossType loss,
@@ -261,6 +255,8 @@ void Network::apply_gradients(std::span<const float> gradient, float learning_ra
   detail::check_finite(gradient, "gradient");
   AccessGuard::Write access(s.guard, s.guard.locking(), "apply_gradients");
   ComputeScope scope(static_cast<double>(s.arch.parameter_count) * 8.0);
+  detail::check_step_is_finite("apply_gradients", 0.0, s.config.optimizer, s.arch, s.params.data(), gradient.data(),
+                               learning_rate, s.optimizer);
   detail::apply_update(s.config.optimizer, s.arch, s.params.data(), gradient.data(), learning_rate, s.optimizer);
   s.published_write();
 }

@@ -2,9 +2,13 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 
+#include "format.hpp"
 #include "kortexdl/error.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KORTEX_NO_TARGET_CLONES)
@@ -63,13 +67,108 @@ KORTEX_KERNEL void adam_segment(float* p, const float* g, float* m, float* v, st
 void check_finite_in_range(float value, const char* name, float low, float high, bool high_inclusive) {
   const bool ok = std::isfinite(value) && value >= low && (high_inclusive ? value <= high : value < high);
   if (!ok) {
-    throw InvalidArgumentError(std::string(name) + ": must be in [" + std::to_string(low) + ", " +
-                               std::to_string(high) + (high_inclusive ? "]" : ")") + ", got " +
-                               std::to_string(value));
+    throw InvalidArgumentError(std::string(name) + ": must be in [" + format_number(low) + ", " + format_number(high) +
+                               (high_inclusive ? "]" : ")") + ", got " + format_number(value));
   }
 }
 
+// Largest |g|, as float bits so the loop vectorises; a NaN or inf gives a
+// value >= the bits of infinity.
+KORTEX_KERNEL std::uint32_t max_abs_bits(const float* g, std::size_t n) {
+  const auto* bits = reinterpret_cast<const std::uint32_t*>(g);
+  std::uint32_t largest = 0;
+#pragma omp simd reduction(max : largest)
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t magnitude = bits[i] & 0x7fffffffu;
+    largest = magnitude > largest ? magnitude : largest;
+  }
+  return largest;
+}
+
+constexpr std::uint32_t kInfinityBits = 0x7f800000u;
+
+// The step's result, computed and checked but not stored.
+bool dry_run_is_finite(const OptimizerConfig& config, const Architecture& arch, const float* params,
+                       const float* grad, float learning_rate, const Network::OptimizerState& state, float step_size,
+                       float inv_sqrt_bc2) {
+  for (const LayerLayout& layer : arch.layers) {
+    const std::size_t weights = layer.inputs * layer.outputs;
+    for (int part = 0; part < 2; ++part) {
+      const std::size_t offset = part == 0 ? layer.weights_offset : layer.biases_offset;
+      const std::size_t count = part == 0 ? weights : layer.outputs;
+      const float decay = part == 0 ? config.weight_decay : 0.0f;
+      for (std::size_t i = offset; i < offset + count; ++i) {
+        const float g = grad[i] + decay * params[i];
+        float p = params[i];
+        float m = 0.0f, v = 0.0f;
+        switch (config.kind) {
+          case OptimizerKind::SGD:
+            p -= learning_rate * g;
+            break;
+          case OptimizerKind::Momentum:
+            m = config.momentum * state.buffers[0][i] + g;
+            p -= learning_rate * (config.nesterov ? g + config.momentum * m : m);
+            break;
+          case OptimizerKind::Adam:
+            m = config.beta1 * state.buffers[0][i] + (1.0f - config.beta1) * g;
+            v = config.beta2 * state.buffers[1][i] + (1.0f - config.beta2) * g * g;
+            p -= step_size * m / (std::sqrt(v) * inv_sqrt_bc2 + config.epsilon);
+            break;
+        }
+        if (!(std::isfinite(p) && std::isfinite(m) && std::isfinite(v))) return false;
+      }
+    }
+  }
+  return true;
+}
+
+struct AdamScalars {
+  float step_size;
+  float inv_sqrt_bc2;
+};
+
+AdamScalars adam_scalars(const OptimizerConfig& config, float learning_rate, std::uint64_t step) {
+  const double t = static_cast<double>(step);
+  const double bc1 = 1.0 - std::pow(static_cast<double>(config.beta1), t);
+  const double bc2 = 1.0 - std::pow(static_cast<double>(config.beta2), t);
+  return {static_cast<float>(learning_rate / bc1), static_cast<float>(1.0 / std::sqrt(bc2))};
+}
+
 }  // namespace
+
+void check_step_is_finite(const char* operation, double mean_loss, const OptimizerConfig& config,
+                          const Architecture& arch, const float* params, const float* grad, float learning_rate,
+                          const Network::OptimizerState& state) {
+  if (!std::isfinite(static_cast<float>(mean_loss))) {
+    throw NumericalError(std::string(operation) + ": the loss is " + format_number(mean_loss) +
+                         ", not a finite float, so the step was not applied (the parameters are unchanged); lower "
+                         "the learning rate or check the inputs' scale");
+  }
+  const std::size_t n = arch.parameter_count;
+  std::uint32_t largest = 0;
+  const bool parallel = n >= kParallelElements && omp_get_max_threads() > 1;
+#pragma omp parallel for if (parallel) reduction(max : largest) schedule(static)
+  for (std::size_t block = 0; block < n; block += 16384) {
+    const std::uint32_t part = max_abs_bits(grad + block, std::min<std::size_t>(16384, n - block));
+    largest = part > largest ? part : largest;
+  }
+  if (largest >= kInfinityBits) {
+    throw NumericalError(std::string(operation) +
+                         ": the gradient overflowed (it has non-finite values), so the step was not applied (the "
+                         "parameters are unchanged); lower the learning rate or check the inputs' scale");
+  }
+  float largest_gradient = 0.0f;
+  std::memcpy(&largest_gradient, &largest, sizeof(largest_gradient));
+  // Far from overflow the update cannot leave the float range; near it, prove
+  // it by computing the step without storing it.
+  if (static_cast<double>(largest_gradient) * learning_rate < 1e30 && largest_gradient < 1e18f) return;
+  const AdamScalars adam = adam_scalars(config, learning_rate, state.step + 1);
+  if (!dry_run_is_finite(config, arch, params, grad, learning_rate, state, adam.step_size, adam.inv_sqrt_bc2)) {
+    throw NumericalError(std::string(operation) + ": this step would make parameters overflow (learning rate " +
+                         format_number(learning_rate) + ", largest gradient " + format_number(largest_gradient) +
+                         "), so it was not applied (the parameters are unchanged); lower the learning rate");
+  }
+}
 
 std::size_t optimizer_buffer_count(OptimizerKind kind) {
   switch (kind) {
@@ -95,7 +194,7 @@ void validate_optimizer(const OptimizerConfig& config) {
       check_finite_in_range(config.beta1, "beta1", 0.0f, 1.0f, false);
       check_finite_in_range(config.beta2, "beta2", 0.0f, 1.0f, false);
       if (!(std::isfinite(config.epsilon) && config.epsilon > 0.0f)) {
-        throw InvalidArgumentError("epsilon: must be a finite number > 0, got " + std::to_string(config.epsilon));
+        throw InvalidArgumentError("epsilon: must be a finite number > 0, got " + format_number(config.epsilon));
       }
       break;
   }
@@ -114,11 +213,9 @@ void apply_update(const OptimizerConfig& config, const Architecture& arch, float
   float step_size = learning_rate;
   float inv_sqrt_bc2 = 1.0f;
   if (config.kind == OptimizerKind::Adam) {
-    const double t = static_cast<double>(state.step);
-    const double bc1 = 1.0 - std::pow(static_cast<double>(config.beta1), t);
-    const double bc2 = 1.0 - std::pow(static_cast<double>(config.beta2), t);
-    step_size = static_cast<float>(learning_rate / bc1);
-    inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+    const AdamScalars adam = adam_scalars(config, learning_rate, state.step);
+    step_size = adam.step_size;
+    inv_sqrt_bc2 = adam.inv_sqrt_bc2;
   }
   // Each layer is two segments: weights (decayed) and biases (not). Large
   // segments are split across the calling thread's team; element-wise

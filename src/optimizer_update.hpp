@@ -18,6 +18,15 @@ void validate_optimizer(const OptimizerConfig& config);
 // Allocates zeroed state for `parameter_count` parameters.
 Network::OptimizerState make_optimizer_state(const OptimizerConfig& config, std::size_t parameter_count);
 
+// Throws NumericalError (and changes nothing) when applying `grad` would
+// not leave every parameter and optimizer state finite: a non-finite loss
+// (as float), a non-finite gradient, or an update that overflows. The
+// common case costs one pass over the gradient; the exact dry run of the
+// update only runs when the gradient or the learning rate is huge.
+void check_step_is_finite(const char* operation, double mean_loss, const OptimizerConfig& config,
+                          const Architecture& arch, const float* params, const float* grad, float learning_rate,
+                          const Network::OptimizerState& state);
+
 // params -= step(grad); weight decay applies to weights, not biases. Every
 // replica that applies the same grad to the same params and state gets
 // bit-identical results.

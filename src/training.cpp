@@ -7,6 +7,7 @@
 #include <random>
 #include <string>
 
+#include "format.hpp"
 #include "kortexdl/error.hpp"
 #include "kortexdl/numa.hpp"
 #include "network_state.hpp"
@@ -21,7 +22,7 @@ using detail::TargetRows;
 LearningRateSchedule LearningRateSchedule::step(std::size_t every_epochs, float gamma) {
   if (every_epochs == 0) throw InvalidArgumentError("schedule.step_epochs: must be at least 1, got 0");
   if (!(std::isfinite(gamma) && gamma > 0.0f)) {
-    throw InvalidArgumentError("schedule.gamma: must be a finite number > 0, got " + std::to_string(gamma));
+    throw InvalidArgumentError("schedule.gamma: must be a finite number > 0, got " + detail::format_number(gamma));
   }
   LearningRateSchedule s;
   s.kind = Kind::Step;
@@ -33,7 +34,7 @@ LearningRateSchedule LearningRateSchedule::step(std::size_t every_epochs, float 
 LearningRateSchedule LearningRateSchedule::cosine(float min_learning_rate) {
   if (!(std::isfinite(min_learning_rate) && min_learning_rate >= 0.0f)) {
     throw InvalidArgumentError("schedule.min_learning_rate: must be a finite number >= 0, got " +
-                               std::to_string(min_learning_rate));
+                               detail::format_number(min_learning_rate));
   }
   LearningRateSchedule s;
   s.kind = Kind::Cosine;
@@ -72,13 +73,13 @@ void check_options(const FitOptions& options) {
   detail::check_batch_size(options.batch_size);
   detail::check_learning_rate(options.learning_rate);
   if (!(options.validation_split >= 0.0 && options.validation_split < 1.0)) {
-    throw InvalidArgumentError("validation_split: must be in [0, 1), got " + std::to_string(options.validation_split));
+    throw InvalidArgumentError("validation_split: must be in [0, 1), got " + detail::format_number(options.validation_split));
   }
   if (!options.validation_inputs.empty() && options.validation_split > 0.0) {
     throw InvalidArgumentError("validation_split: give either validation data or a split, not both");
   }
   if (!(std::isfinite(options.min_delta) && options.min_delta >= 0.0)) {
-    throw InvalidArgumentError("min_delta: must be a finite number >= 0, got " + std::to_string(options.min_delta));
+    throw InvalidArgumentError("min_delta: must be a finite number >= 0, got " + detail::format_number(options.min_delta));
   }
   if (options.batch_callback_every > 0 && !options.on_batch_end) {
     throw InvalidArgumentError("batch_callback_every: set on_batch_end too");
@@ -107,7 +108,7 @@ Split split_rows(const detail::Architecture& arch, std::span<const float> inputs
   }
   const auto held_out = static_cast<std::size_t>(std::floor(options.validation_split * static_cast<double>(rows)));
   if (options.validation_split > 0.0 && (held_out == 0 || held_out >= rows)) {
-    throw InvalidArgumentError("validation_split: " + std::to_string(options.validation_split) + " of " +
+    throw InvalidArgumentError("validation_split: " + detail::format_number(options.validation_split) + " of " +
                                std::to_string(rows) + " rows leaves " + std::to_string(held_out) +
                                " validation rows and " + std::to_string(rows - held_out) +
                                " training rows; both need at least one");

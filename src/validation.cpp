@@ -5,18 +5,14 @@
 
 #include "backend/kernels.hpp"
 #include "checked_math.hpp"
+#include "format.hpp"
 #include "kortexdl/error.hpp"
 
 namespace kortexdl::detail {
 
 namespace {
 std::string num(std::size_t v) { return std::to_string(v); }
-std::string num(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  std::string s = std::to_string(v);
-  return s;
-}
+
 }  // namespace
 
 void check_batch_size(std::size_t batch_size, const char* argument) {
@@ -54,7 +50,7 @@ void check_outputs(std::span<const float> outputs, std::size_t rows, std::size_t
 void check_learning_rate(float learning_rate) {
   if (!(std::isfinite(learning_rate) && learning_rate > 0.0f)) {
     throw InvalidArgumentError("learning_rate: must be a finite number > 0, got " +
-                               num(static_cast<double>(learning_rate)));
+                               format_number(learning_rate));
   }
 }
 
@@ -76,7 +72,7 @@ void check_finite(std::span<const float> values, const char* argument) {
   for (std::size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       throw InvalidArgumentError(std::string(argument) + ": every value must be finite, got " +
-                                 num(static_cast<double>(values[i])) + " at index " + num(i));
+                                 format_number(values[i]) + " at index " + num(i));
     }
   }
 }
@@ -116,7 +112,7 @@ TargetRows check_targets(const Targets& targets, LossType loss, std::size_t rows
       if (!ok) {
         throw InvalidArgumentError(std::string("targets: ") + std::string(to_string(loss)) + " targets must be " +
                                    (loss == LossType::CrossEntropy ? "non-negative" : "in [0, 1]") + ", got " +
-                                   num(static_cast<double>(values[i])) + " at index " + num(i));
+                                   format_number(values[i]) + " at index " + num(i));
       }
     }
   }

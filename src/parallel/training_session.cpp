@@ -41,13 +41,6 @@ std::vector<std::size_t> shard_bounds(const NumaTopology& topology, std::size_t 
   return bounds;
 }
 
-[[noreturn]] void throw_non_finite(const char* operation, double mean, std::size_t step) {
-  throw NumericalError(std::string(operation) + ": the loss is " + (std::isnan(mean) ? "nan" : "inf") + " at step " +
-                       std::to_string(step + 1) +
-                       ", so that step was not applied (the network keeps the parameters of the last finite "
-                       "step); lower the learning rate or check the inputs' scale");
-}
-
 // A parameter replica owned by one node: allocated and first touched by the
 // node's pinned worker, so its pages live on that node.
 struct Replica {
@@ -115,6 +108,7 @@ class DataParallelTrainer {
   }
 
   std::size_t nodes() const { return replicas_.size(); }
+  const float* averaged_gradient() const { return reduced_.data(); }
 
   std::vector<std::vector<int>> worker_cpus() const {
     std::vector<std::vector<int>> all;
@@ -245,9 +239,10 @@ LossSums TrainingSession::step(const float* inputs, TargetRows targets, std::siz
     }
   }
   const double mean = sums.loss / static_cast<double>(rows);
-  if (!std::isfinite(mean)) throw_non_finite(operation_, mean, steps_);
   std::unique_ptr<AccessGuard::Write> write;
   if (lock_) write = std::make_unique<AccessGuard::Write>(state_.guard, true, operation_);
+  check_step_is_finite(operation_, mean, state_.config.optimizer, state_.arch, state_.params.data(),
+                       trainer_ ? trainer_->averaged_gradient() : grad_, learning_rate, state_.optimizer);
   if (trainer_) {
     // A write between our gradient phase and this update (locked mode lets
     // other trainers in) leaves replicas to be re-synced first.
