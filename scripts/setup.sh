@@ -8,7 +8,7 @@ set -euo pipefail
 core=(
   build-essential cmake ninja-build pkg-config
   libdnnl-dev libopenblas-dev libnuma-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev
   pybind11-dev python3-pybind11 python3-dev python3-venv python3-pip python3-setuptools python3-wheel
   python3-numpy python3-pytest python3-tqdm
   dataset-fashion-mnist
