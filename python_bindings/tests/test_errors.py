@@ -205,7 +205,7 @@ def test_errors_are_kortex_errors_with_the_cpp_message(net):
     with pytest.raises(kortexdl.KortexError) as info:
         net.train_batch(X, Y, MSE, -1.0)
     assert isinstance(info.value, ValueError)
-    assert str(info.value) == "learning_rate: must be a finite number > 0, got -1.000000"
+    assert str(info.value) == "learning_rate: must be a finite number > 0, got -1"
 
 
 def test_cross_entropy_needs_a_compatible_output_layer():
