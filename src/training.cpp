@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 
+#include "distributed/run.hpp"
 #include "format.hpp"
 #include "kortexdl/error.hpp"
 #include "kortexdl/numa.hpp"
@@ -124,25 +127,63 @@ Split split_rows(const detail::Architecture& arch, std::span<const float> inputs
   return split;
 }
 
+// The fit settings beyond RunSettings' own that every rank must share.
+std::uint64_t settings_hash(const FitOptions& o) {
+  std::uint64_t h = detail::fnv1a(nullptr, 0);
+  auto mix = [&h](const auto& value) { h = detail::fnv1a(&value, sizeof value, h); };
+  mix(static_cast<int>(o.schedule.kind));
+  mix(static_cast<std::uint64_t>(o.schedule.step_epochs));
+  mix(o.schedule.gamma);
+  mix(o.schedule.min_learning_rate);
+  mix(o.validation_split);
+  mix(static_cast<std::uint64_t>(o.early_stopping_patience));
+  mix(o.min_delta);
+  mix(static_cast<int>(o.restore_best));
+  return h;
+}
+
 }  // namespace
 
 History fit(Network& network, std::span<const float> inputs, const Targets& targets, LossType loss,
             const FitOptions& options) {
   detail::NetworkState& s = network.state();
-  check_options(options);
-  detail::check_loss_matches_output(loss, s.arch.output_activation);
-  const Split split = split_rows(s.arch, inputs, targets, loss, options);
+  Split split;
+  // Distributed, a rank whose arguments fail still takes part in the
+  // start-up exchange, so every rank throws instead of waiting for it.
+  std::exception_ptr local_error;
+  try {
+    check_options(options);
+    detail::check_loss_matches_output(loss, s.arch.output_activation);
+    split = split_rows(s.arch, inputs, targets, loss, options);
+  } catch (...) {
+    if (options.distributed == nullptr) throw;
+    local_error = std::current_exception();
+  }
+  const bool lock = options.thread_safe || s.guard.locking();
+  std::optional<detail::DistributedRun> run;
+  if (options.distributed != nullptr) {
+    const detail::RunSettings settings{"fit",
+                                       loss,
+                                       options.batch_size,
+                                       options.epochs,
+                                       options.learning_rate,
+                                       options.shuffle,
+                                       settings_hash(options),
+                                       local_error ? 0 : split.train_rows,
+                                       local_error ? 0 : split.validation_rows};
+    run.emplace(*options.distributed, s, settings, local_error, lock);
+  }
   const std::size_t in = s.arch.inputs();
   const std::size_t out = s.arch.outputs();
-  const std::size_t batch = std::min(options.batch_size, split.train_rows);
+  const std::size_t batch = std::min(options.batch_size, run ? run->max_rows() : split.train_rows);
   const NumaTopology topology = numa_topology(options.numa_nodes);
 
-  detail::TrainingSession session(s, topology, options.thread_safe || s.guard.locking(), "fit");
+  detail::TrainingSession session(s, topology, lock, "fit", options.distributed);
   std::vector<std::size_t> order(split.train_rows);
   std::iota(order.begin(), order.end(), std::size_t{0});
   std::mt19937_64 engine(options.seed.value_or(s.seed));
   detail::BatchGatherer gather(split.train_inputs, split.train_targets, in, out, options.shuffle ? batch : 0);
-  const std::size_t steps_per_epoch = (split.train_rows + batch - 1) / batch;
+  const std::size_t steps_per_epoch = run ? run->steps_per_epoch(batch) : (split.train_rows + batch - 1) / batch;
   const std::size_t total_steps = steps_per_epoch * options.epochs;
   const std::size_t eval_chunk = detail::evaluation_chunk(0, std::max<std::size_t>(split.validation_rows, 1));
 
@@ -152,6 +193,9 @@ History fit(Network& network, std::span<const float> inputs, const Targets& targ
   const bool keep_best = options.early_stopping_patience > 0 && options.restore_best;
   std::size_t epochs_without_improvement = 0;
   bool patience_ran_out = false;
+  // Distributed: a callback on this rank asked to stop; every rank stops
+  // after the step (or epoch end) where that vote is counted.
+  bool stop_vote = false;
 
   for (std::size_t epoch = 0; epoch < options.epochs && !history.stopped_early; ++epoch) {
     const auto started = detail::Clock::now();
@@ -160,22 +204,48 @@ History fit(Network& network, std::span<const float> inputs, const Targets& targ
     std::size_t rows_seen = 0;
     float rate = options.learning_rate;
     for (std::size_t step = 0; step < steps_per_epoch; ++step) {
-      if (options.should_stop && options.should_stop()) {
+      const bool interrupt = options.should_stop && options.should_stop();
+      if (interrupt && !run) {
         throw InterruptedError("fit: interrupted after " + std::to_string(session.steps()) + " step(s), in epoch " +
                                std::to_string(epoch + 1) +
                                "; the network holds the parameters after the last whole step");
       }
       const std::size_t start = step * batch;
-      const std::size_t n = std::min(batch, split.train_rows - start);
-      const detail::BatchView view = gather.take(options.shuffle ? &order : nullptr, start, n);
+      const std::size_t n = run ? run->local_rows(step, batch) : std::min(batch, split.train_rows - start);
+      const detail::BatchView view = gather.take(options.shuffle ? &order : nullptr, n > 0 ? start : 0, n);
       rate = options.schedule.at(options.learning_rate, epoch, session.steps(), total_steps);
-      const LossSums step_sums = session.step(view.inputs, view.targets, n, loss, rate);
-      sums += step_sums;
-      rows_seen += n;
-      if (options.batch_callback_every > 0 && (step + 1) % options.batch_callback_every == 0) {
-        if (!options.on_batch_end(epoch + 1, step + 1, step_sums.loss / static_cast<double>(n))) {
+      LossSums step_sums;
+      std::size_t step_rows = n;
+      if (run) {
+        // Every rank takes this step; the votes of should_stop and of the
+        // callbacks travel with its loss sums.
+        step_rows = run->global_rows(step, batch);
+        detail::StepVotes votes{interrupt, stop_vote};
+        step_sums = session.step(view.inputs, view.targets, n, step_rows, loss, rate, votes);
+        if (votes.interrupt) {
+          throw InterruptedError("fit: interrupted on request of a rank after " + std::to_string(session.steps()) +
+                                 " step(s), in epoch " + std::to_string(epoch + 1) +
+                                 "; every rank holds the parameters after that step");
+        }
+        if (votes.stop) {
+          sums += step_sums;
+          rows_seen += step_rows;
           history.stopped_early = true;
           break;
+        }
+      } else {
+        step_sums = session.step(view.inputs, view.targets, n, loss, rate);
+      }
+      sums += step_sums;
+      rows_seen += step_rows;
+      if (options.batch_callback_every > 0 && (step + 1) % options.batch_callback_every == 0) {
+        if (!options.on_batch_end(epoch + 1, step + 1, step_sums.loss / static_cast<double>(step_rows))) {
+          if (run) {
+            stop_vote = true;  // counted at the next step or at the end of the epoch
+          } else {
+            history.stopped_early = true;
+            break;
+          }
         }
       }
     }
@@ -185,10 +255,12 @@ History fit(Network& network, std::span<const float> inputs, const Targets& targ
     record.loss = train.loss;
     record.accuracy = train.accuracy;
     record.learning_rate = rate;
-    if (split.validation_rows > 0) {
-      const LossSums v = session.evaluate(split.validation_inputs.data(), split.validation_targets,
-                                          split.validation_rows, eval_chunk, loss);
-      const Evaluation validation = detail::to_evaluation(v, split.validation_rows, out, loss);
+    if (run ? run->global_validation_rows() > 0 : split.validation_rows > 0) {
+      LossSums v = session.evaluate(split.validation_inputs.data(), split.validation_targets, split.validation_rows,
+                                    eval_chunk, loss);
+      if (run) v = run->sum(v);
+      const Evaluation validation =
+          detail::to_evaluation(v, run ? run->global_validation_rows() : split.validation_rows, out, loss);
       record.validation_loss = validation.loss;
       record.validation_accuracy = validation.accuracy;
     }
@@ -206,7 +278,9 @@ History fit(Network& network, std::span<const float> inputs, const Targets& targ
       history.stopped_early = true;
       patience_ran_out = true;
     }
-    if (options.on_epoch_end && !options.on_epoch_end(record)) history.stopped_early = true;
+    bool stop = options.on_epoch_end && !options.on_epoch_end(record);
+    if (run) stop = run->any(stop || stop_vote);  // every rank, every epoch: callbacks may differ by rank
+    if (stop) history.stopped_early = true;
   }
   if (patience_ran_out && keep_best && !best_parameters.empty()) {
     session.restore(best_parameters);

@@ -19,6 +19,8 @@
 
 namespace kortexdl {
 
+class GradientExchange;  // kortexdl/distributed.hpp
+
 struct DataParallelOptions {
   std::size_t batch_size = 32;  // rows per optimizer step; the last step of an epoch may be smaller
   std::size_t epochs = 1;
@@ -31,6 +33,13 @@ struct DataParallelOptions {
   std::function<bool()> should_stop;
   // Called on the calling thread after every epoch with its mean loss.
   std::function<void(std::size_t epoch, double loss)> on_epoch_end;
+  // Across processes (kortexdl/distributed.hpp): every rank passes its own
+  // rows and the same options; batch_size is per rank, each step's gradient
+  // is the mean over all ranks' rows of that step, losses are over all
+  // ranks, should_stop on any rank stops every rank after the same step.
+  // The call starts by checking that the ranks agree and copying rank 0's
+  // parameters and optimizer state to every rank. Null: this process only.
+  GradientExchange* distributed = nullptr;
 };
 
 struct DataParallelResult {
@@ -40,6 +49,7 @@ struct DataParallelResult {
   std::size_t nodes = 1;
   double seconds = 0.0;          // wall time of the training loop
   double reduce_seconds = 0.0;   // of which averaging gradients across replicas
+  double exchange_seconds = 0.0; // of which summing them across processes (distributed)
   // For each node's worker thread, the CPUs the OS let it run on after
   // pinning (empty with one node: it runs on the calling thread).
   std::vector<std::vector<int>> worker_cpus;

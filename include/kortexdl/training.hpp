@@ -16,6 +16,8 @@
 
 namespace kortexdl {
 
+class GradientExchange;  // kortexdl/distributed.hpp
+
 struct LearningRateSchedule {
   enum class Kind { Constant, Step, Cosine };
   Kind kind = Kind::Constant;
@@ -72,6 +74,17 @@ struct FitOptions {
   std::size_t batch_callback_every = 0;  // 0: no batch callback
   std::function<bool(std::size_t epoch, std::size_t step, double loss)> on_batch_end;
   std::function<bool()> should_stop;
+
+  // Across processes (kortexdl/distributed.hpp; null: this process only).
+  // Every rank passes its own rows and the same options; batch_size is per
+  // rank (a step trains on the step's rows of every rank, its gradient the
+  // mean over all of them); losses, accuracy and validation are over all
+  // ranks, so early stopping decides the same everywhere. should_stop on any
+  // rank interrupts every rank after the same step; a callback returning
+  // false on any rank stops every rank after the next step (at the latest at
+  // the end of the epoch). Starts by checking that the ranks agree and
+  // copying rank 0's parameters and optimizer state to every rank.
+  GradientExchange* distributed = nullptr;
 };
 
 struct History {

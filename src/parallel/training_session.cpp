@@ -5,6 +5,7 @@
 #include <string>
 
 #include "checked_math.hpp"
+#include "kortexdl/distributed.hpp"
 #include "kortexdl/error.hpp"
 #include "kortexdl/threading.hpp"
 #include "optimizer_update.hpp"
@@ -109,6 +110,8 @@ class DataParallelTrainer {
 
   std::size_t nodes() const { return replicas_.size(); }
   const float* averaged_gradient() const { return reduced_.data(); }
+  // The same contiguous buffer, summed in place across processes.
+  float* averaged_gradient() { return reduced_.data(); }
 
   std::vector<std::vector<int>> worker_cpus() const {
     std::vector<std::vector<int>> all;
@@ -117,11 +120,12 @@ class DataParallelTrainer {
   }
 
   // Every node's gradient on its shard, then their sum (the shards are
-  // already scaled by 1/rows) reduce-scattered: node k sums segment k over
-  // all replicas, so the reduction does not funnel through one node.
-  LossSums gradients(const float* inputs, TargetRows targets, std::size_t rows, LossType loss, double* reduce_time) {
+  // already scaled by `scale`: 1/rows, or 1/rows-over-all-processes)
+  // reduce-scattered: node k sums segment k over all replicas, so the
+  // reduction does not funnel through one node.
+  LossSums gradients(const float* inputs, TargetRows targets, std::size_t rows, LossType loss, float scale,
+                     double* reduce_time) {
     const auto bounds = shard_bounds(topology_, rows);
-    const float scale = 1.0f / static_cast<float>(rows);
     const std::size_t in = state_.arch.inputs();
     const std::size_t out = state_.arch.outputs();
     workers_.run([&](std::size_t k) {
@@ -195,8 +199,9 @@ class DataParallelTrainer {
   std::vector<std::size_t> segments_;
 };
 
-TrainingSession::TrainingSession(NetworkState& state, const NumaTopology& topology, bool lock, const char* operation)
-    : state_(state), lock_(lock), operation_(operation) {
+TrainingSession::TrainingSession(NetworkState& state, const NumaTopology& topology, bool lock, const char* operation,
+                                 GradientExchange* exchange)
+    : state_(state), lock_(lock), operation_(operation), exchange_(exchange) {
   if (topology.nodes.size() > 1) {
     AccessGuard::Read access(state.guard, lock, operation);
     trainer_ = std::make_unique<DataParallelTrainer>(state, topology);
@@ -219,6 +224,21 @@ bool TrainingSession::replicas_identical() const { return trainer_ ? trainer_->r
 
 LossSums TrainingSession::step(const float* inputs, TargetRows targets, std::size_t rows, LossType loss,
                                float learning_rate) {
+  return step_impl(inputs, targets, rows, rows, loss, learning_rate, nullptr);
+}
+
+LossSums TrainingSession::step(const float* inputs, TargetRows targets, std::size_t rows, std::size_t global_rows,
+                               LossType loss, float learning_rate, StepVotes& votes) {
+  if (exchange_ == nullptr || global_rows == 0) {
+    throw InternalError(std::string(operation_) + ": a cross-process step without an exchange or rows");
+  }
+  return step_impl(inputs, targets, rows, global_rows, loss, learning_rate, &votes);
+}
+
+// global_rows == rows and no exchange: the single-process step.
+LossSums TrainingSession::step_impl(const float* inputs, TargetRows targets, std::size_t rows,
+                                    std::size_t global_rows, LossType loss, float learning_rate,
+                                    StepVotes* votes) {
   // With one node this thread computes, with the whole budget; with more,
   // the node workers do and this thread only coordinates.
   ComputeScope scope(trainer_ ? 0.0 : state_.arch.training_flops(rows));
@@ -232,13 +252,31 @@ LossSums TrainingSession::step(const float* inputs, TargetRows targets, std::siz
     if (lock_) shared = std::make_unique<AccessGuard::Read>(state_.guard, true, operation_);
     if (trainer_) {
       if (state_.version.load() != expected_version_) trainer_->resync();
-      sums = trainer_->gradients(inputs, targets, rows, loss, &reduce_seconds_);
-    } else {
+      sums = trainer_->gradients(inputs, targets, rows, loss, 1.0f / static_cast<float>(global_rows),
+                                 &reduce_seconds_);
+    } else if (rows > 0) {
       sums = gradient_rows(state_.arch, state_.params.data(), inputs, targets, rows, loss,
-                           1.0f / static_cast<float>(rows), grad_);
+                           1.0f / static_cast<float>(global_rows), grad_);
+    } else {
+      std::fill_n(grad_, state_.arch.parameter_count, 0.0f);  // this process has no rows in this step
     }
   }
-  const double mean = sums.loss / static_cast<double>(rows);
+  if (exchange_ != nullptr) {
+    // Across processes: the one reduced buffer, then the loss sums and the
+    // stop votes. Every process gets the same sums, so every process takes
+    // the same decisions below.
+    const auto exchange_start = Clock::now();
+    exchange_->allreduce_sum(trainer_ ? trainer_->averaged_gradient() : grad_, state_.arch.parameter_count);
+    double small[4] = {sums.loss, static_cast<double>(sums.correct), votes->interrupt ? 1.0 : 0.0,
+                       votes->stop ? 1.0 : 0.0};
+    exchange_->allreduce_sum(small, 4);
+    exchange_seconds_ += seconds_since(exchange_start);
+    sums.loss = small[0];
+    sums.correct = static_cast<std::size_t>(small[1]);
+    votes->interrupt = small[2] > 0.0;
+    votes->stop = small[3] > 0.0;
+  }
+  const double mean = sums.loss / static_cast<double>(global_rows);
   std::unique_ptr<AccessGuard::Write> write;
   if (lock_) write = std::make_unique<AccessGuard::Write>(state_.guard, true, operation_);
   check_step_is_finite(operation_, mean, state_.config.optimizer, state_.arch, state_.params.data(),

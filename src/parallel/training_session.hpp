@@ -15,9 +15,20 @@
 #include "network_state.hpp"
 #include "workspace.hpp"
 
+namespace kortexdl {
+class GradientExchange;
+}
+
 namespace kortexdl::detail {
 
 class DataParallelTrainer;
+
+// A distributed step's votes. In: this process's; out: whether any process
+// voted (the same answer on every process, after the same whole step).
+struct StepVotes {
+  bool interrupt = false;  // should_stop: the call throws InterruptedError
+  bool stop = false;       // a callback asked to stop: the call ends normally
+};
 
 class TrainingSession {
  public:
@@ -26,7 +37,10 @@ class TrainingSession {
   // overlaps a step is refused with ConcurrencyError. Between steps (in
   // callbacks) the network is free for other calls; a parameter write made
   // there by someone else is picked up by every replica at the next step.
-  TrainingSession(NetworkState& state, const NumaTopology& topology, bool lock, const char* operation);
+  // exchange: the cross-process step (distributed training); null for one
+  // process. Start-up agreement (detail::DistributedRun) is the caller's.
+  TrainingSession(NetworkState& state, const NumaTopology& topology, bool lock, const char* operation,
+                  GradientExchange* exchange = nullptr);
   ~TrainingSession();
   TrainingSession(const TrainingSession&) = delete;
   TrainingSession& operator=(const TrainingSession&) = delete;
@@ -34,6 +48,14 @@ class TrainingSession {
   // One optimizer step on `rows` rows. A non-finite loss throws
   // NumericalError and the step is not applied.
   LossSums step(const float* inputs, TargetRows targets, std::size_t rows, LossType loss, float learning_rate);
+  // The cross-process step (needs an exchange): this process's `rows` rows
+  // (0 allowed) of a step of `global_rows` rows over all processes. Each
+  // shard's gradient is scaled by 1 / global_rows, the in-process
+  // reduce-scatter makes one contiguous buffer, and that buffer is summed
+  // across processes with one allreduce; the loss sums and `stop` travel in
+  // a second, 4-double allreduce. Returns the sums over all processes.
+  LossSums step(const float* inputs, TargetRows targets, std::size_t rows, std::size_t global_rows, LossType loss,
+                float learning_rate, StepVotes& votes);
   // Loss sums of the current parameters, rows sharded across the nodes.
   LossSums evaluate(const float* inputs, TargetRows targets, std::size_t rows, std::size_t chunk, LossType loss);
   // Replaces the parameters (every replica), e.g. to restore the best epoch.
@@ -43,6 +65,7 @@ class TrainingSession {
   std::size_t nodes() const;
   std::size_t steps() const { return steps_; }
   double reduce_seconds() const { return reduce_seconds_; }
+  double exchange_seconds() const { return exchange_seconds_; }
   std::vector<std::vector<int>> worker_cpus() const;
   bool replicas_identical() const;
 
@@ -56,6 +79,11 @@ class TrainingSession {
   float* grad_ = nullptr;
   std::size_t steps_ = 0;
   double reduce_seconds_ = 0.0;
+  GradientExchange* exchange_ = nullptr;
+  double exchange_seconds_ = 0.0;
+
+  LossSums step_impl(const float* inputs, TargetRows targets, std::size_t rows, std::size_t global_rows,
+                     LossType loss, float learning_rate, StepVotes* votes);
 };
 
 // The rows of one mini-batch: straight from the caller's arrays, or gathered
