@@ -72,6 +72,8 @@ finally:
         del _os.environ["OMP_WAIT_POLICY"]
     del _set_wait_policy
 
+from . import distributed  # noqa: E402  (kortexdl.distributed: training across processes over MPI)
+
 __all__ = [
     "Activation",
     "ConcurrencyError",

@@ -26,6 +26,9 @@ void bind_data_parallel(py::module_& m, NetworkClass& network);
 // result types.
 void bind_training(py::module_& m, NetworkClass& network);
 
+// distributed_bindings.cpp: the _distributed submodule behind kortexdl.distributed.
+void bind_distributed(py::module_& m);
+
 // The docstring sentence every compute method carries.
 inline constexpr const char* kReleasesGil =
     "\n\nReleases the GIL for the whole computation: other Python threads keep running, and calls "

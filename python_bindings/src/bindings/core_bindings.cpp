@@ -261,4 +261,5 @@ PYBIND11_MODULE(_core, m) {
   auto network = kp::bind_network(m);
   kp::bind_data_parallel(m, network);
   kp::bind_training(m, network);
+  kp::bind_distributed(m);
 }
