@@ -233,7 +233,7 @@ def test_callback_raising_on_one_rank_stops_every_rank(tmp_path):
 @needs_mpi
 @pytest.mark.parametrize("mode", ["kill", "stall"])
 def test_a_failed_rank_ends_the_job_and_the_saved_model_loads(mode, tmp_path):
-    process, seconds, _ = run_mpi(3, mode, tmp_path, timeout_seconds=3)
+    process, seconds, _ = run_mpi(3, mode, tmp_path, timeout_seconds=5)
     assert process.returncode != 0, show(process)
     assert seconds < FAILURE_BOUND, show(process)
     output = process.stdout + process.stderr
@@ -242,7 +242,7 @@ def test_a_failed_rank_ends_the_job_and_the_saved_model_loads(mode, tmp_path):
     if mode == "kill":
         assert "exited on signal 9" in output, show(process)
     else:
-        assert "did not complete within 3 s" in output, show(process)
+        assert "did not complete within 5 s" in output, show(process)
     loaded = dist.load(tmp_path / "model.kdl")
     assert loaded.sizes == [IN, HIDDEN, OUT]
     assert loaded.parameter_count == make_net().parameter_count
