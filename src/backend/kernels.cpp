@@ -189,12 +189,21 @@ void column_sums(const float* data, std::size_t rows, std::size_t cols, float* s
   add_rows(data, rows, cols, sums);
 }
 
-double softmax_cross_entropy(const float* logits, const float* target_values, const std::int32_t* labels,
-                             std::size_t rows, std::size_t cols, float grad_scale, float* grad,
-                             std::size_t* correct) {
+namespace {
+
+struct LossBlock {
+  double loss = 0.0;
+  std::size_t hits = 0;
+};
+
+// Rows [begin, end) of softmax cross-entropy. With a gradient buffer the
+// exponentials are computed once, into it, then scaled in place.
+KORTEX_KERNEL void softmax_cross_entropy_rows(const float* logits, const float* target_values,
+                                              const std::int32_t* labels, std::size_t begin, std::size_t end,
+                                              std::size_t cols, float grad_scale, float* grad, LossBlock* out) {
   double total = 0.0;
   std::size_t hits = 0;
-  for (std::size_t i = 0; i < rows; ++i) {
+  for (std::size_t i = begin; i < end; ++i) {
     const float* z = logits + i * cols;
     std::size_t best = 0;
     for (std::size_t j = 1; j < cols; ++j) {
@@ -202,19 +211,29 @@ double softmax_cross_entropy(const float* logits, const float* target_values, co
     }
     const float max_value = z[best];
     float sum = 0.0f;
+    float* g = grad != nullptr ? grad + i * cols : nullptr;
+    if (g != nullptr) {
 #pragma omp simd reduction(+ : sum)
-    for (std::size_t j = 0; j < cols; ++j) sum += exp_approx(z[j] - max_value);
-    const double log_sum = std::log(static_cast<double>(sum));
+      for (std::size_t j = 0; j < cols; ++j) {
+        g[j] = exp_approx(z[j] - max_value);
+        sum += g[j];
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (std::size_t j = 0; j < cols; ++j) sum += exp_approx(z[j] - max_value);
+    }
     // log softmax_j = z_j - max - log_sum
+    const double log_sum = std::log(static_cast<double>(sum));
+    const float inv_sum = 1.0f / sum;
     if (labels != nullptr) {
       const auto label = static_cast<std::size_t>(labels[i]);
-      total += -(static_cast<double>(z[label] - max_value) - log_sum);
+      total -= static_cast<double>(z[label] - max_value) - log_sum;
       hits += best == label ? 1 : 0;
-      if (grad != nullptr) {
-        float* g = grad + i * cols;
-        const auto inv_sum = 1.0f / sum;
-        for (std::size_t j = 0; j < cols; ++j) g[j] = exp_approx(z[j] - max_value) * inv_sum * grad_scale;
-        g[label] -= grad_scale;
+      if (g != nullptr) {
+        // The same arithmetic as the one-hot branch below, so labels and
+        // one-hot rows give bit-identical gradients.
+#pragma omp simd
+        for (std::size_t j = 0; j < cols; ++j) g[j] = (g[j] * inv_sum - (j == label ? 1.0f : 0.0f)) * grad_scale;
       }
     } else {
       const float* t = target_values + i * cols;
@@ -228,15 +247,35 @@ double softmax_cross_entropy(const float* logits, const float* target_values, co
       }
       total += row_loss;
       hits += best == target_best ? 1 : 0;
-      if (grad != nullptr) {
+      if (g != nullptr) {
         // d/dz of -sum_j t_j log p_j = p * sum(t) - t.
-        float* g = grad + i * cols;
-        const auto inv_sum = 1.0f / sum;
-        for (std::size_t j = 0; j < cols; ++j) {
-          g[j] = (exp_approx(z[j] - max_value) * inv_sum * target_sum - t[j]) * grad_scale;
-        }
+        const float scale = inv_sum * target_sum;  // == inv_sum for one-hot rows
+#pragma omp simd
+        for (std::size_t j = 0; j < cols; ++j) g[j] = (g[j] * scale - t[j]) * grad_scale;
       }
     }
+  }
+  out->loss = total;
+  out->hits = hits;
+}
+
+}  // namespace
+
+double softmax_cross_entropy(const float* logits, const float* target_values, const std::int32_t* labels,
+                             std::size_t rows, std::size_t cols, float grad_scale, float* grad,
+                             std::size_t* correct) {
+  // An exponential costs about as much as a few dozen multiply-adds.
+  constexpr std::size_t kBlockRows = 64;
+  const std::size_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  double total = 0.0;
+  std::size_t hits = 0;
+#pragma omp parallel for if (parallel_worth_it(rows * cols * 16)) reduction(+ : total, hits) schedule(static)
+  for (std::size_t b = 0; b < blocks; ++b) {
+    LossBlock block;
+    softmax_cross_entropy_rows(logits, target_values, labels, b * kBlockRows, std::min(rows, (b + 1) * kBlockRows),
+                               cols, grad_scale, grad, &block);
+    total += block.loss;
+    hits += block.hits;
   }
   if (correct != nullptr) *correct = hits;
   return total;

@@ -9,7 +9,8 @@
 namespace kortexdl::backend {
 
 // exp(x) with ~2 ulp error on [-87, 88]; saturates outside it and
-// propagates NaN. Range reduction x = n ln2 + r, |r| <= ln2/2, then a
+// propagates NaN. Range reduction x = n ln2 + r, |r| <= ln2/2 (n the
+// nearest integer), then a
 // degree-7 Taylor polynomial (truncation error < 6e-9 relative).
 #pragma omp declare simd
 inline float exp_approx(float x) {
@@ -17,7 +18,11 @@ inline float exp_approx(float x) {
   float clamped = is_nan ? 0.0f : x;
   clamped = clamped < -87.3f ? -87.3f : clamped;
   clamped = clamped > 88.3f ? 88.3f : clamped;
-  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (exact for
+  // |y| < 2^22): std::floor would be a library call in the baseline build
+  // and stop the loop from vectorising.
+  constexpr float kRound = 12582912.0f;
+  const float n = (clamped * 1.44269504088896341f + kRound) - kRound;
   // ln2 split in a part exact in float and a correction.
   const float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.0f / 5040.0f;
