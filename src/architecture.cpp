@@ -51,6 +51,26 @@ Architecture Architecture::make(const std::vector<std::size_t>& sizes, Activatio
   return arch;
 }
 
+namespace {
+// A byte moved costs about as much time as this many flops on a core.
+constexpr double kFlopsPerByte = 4.0;
+}  // namespace
+
+double Architecture::forward_work(std::size_t rows) const {
+  return forward_flops(rows) + kFlopsPerByte * sizeof(float) * static_cast<double>(parameter_count);
+}
+
+double Architecture::update_work() const {
+  // Parameters, gradient and up to two optimizer buffers, read and written.
+  return kFlopsPerByte * sizeof(float) * 6.0 * static_cast<double>(parameter_count);
+}
+
+double Architecture::training_work(std::size_t rows) const {
+  // The GEMMs read the weights twice and write the gradient once.
+  return training_flops(rows) + kFlopsPerByte * sizeof(float) * 3.0 * static_cast<double>(parameter_count) +
+         update_work();
+}
+
 double Architecture::training_flops(std::size_t rows) const {
   const double first = 2.0 * static_cast<double>(layers.front().inputs) * static_cast<double>(layers.front().outputs);
   return (3.0 * forward_flops_per_row - first) * static_cast<double>(rows);

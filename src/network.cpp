@@ -90,7 +90,7 @@ void forward_impl(NetworkState& s, std::span<const float> inputs, std::size_t ba
   detail::check_inputs_exact(inputs, batch_size, s.arch.inputs());
   detail::check_outputs(outputs, batch_size, s.arch.outputs());
   AccessGuard::Read access(s.guard, lock, operation);
-  ComputeScope scope(s.arch.forward_flops(batch_size));
+  ComputeScope scope(s.arch.forward_work(batch_size));
   detail::forward_rows(s.arch, s.params.data(), inputs.data(), batch_size, outputs.data());
 }
 
@@ -101,7 +101,7 @@ void forward_batch_impl(NetworkState& s, std::span<const float> inputs, std::siz
   detail::check_outputs(outputs, rows, s.arch.outputs());
   const std::size_t chunk = std::min(batch_size, rows);
   AccessGuard::Read access(s.guard, lock, operation);
-  ComputeScope scope(s.arch.forward_flops(chunk));
+  ComputeScope scope(s.arch.forward_work(chunk));
   forward_chunked(s.arch, s.params.data(), inputs, rows, chunk, outputs);
 }
 
@@ -169,7 +169,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   const detail::TargetRows rows = detail::check_targets(targets, loss, batch_size, s.arch.outputs());
   detail::check_finite(inputs, "inputs");
 
-  ComputeScope scope(s.arch.training_flops(batch_size));
+  ComputeScope scope(s.arch.training_work(batch_size));
   auto lease = detail::Workspace::local().acquire(s.arch.parameter_count);
   float* grad = lease.take(s.arch.parameter_count);
   const float scale = 1.0f / static_cast<float>(batch_size);
@@ -206,7 +206,7 @@ Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, c
   const std::size_t chunk = detail::evaluation_chunk(batch_size, rows);
 
   AccessGuard::Read access(s.guard, lock, operation);
-  ComputeScope scope(s.arch.forward_flops(chunk));
+  ComputeScope scope(s.arch.forward_work(chunk));
   detail::LossSums sums;
   for (std::size_t start = 0; start < rows; start += chunk) {
     const std::size_t n = std::min(chunk, rows - start);
@@ -238,7 +238,7 @@ Network::Gradients Network::compute_gradients(std::span<const float> inputs, con
   Gradients result;
   result.values.resize(s.arch.parameter_count);
   AccessGuard::Read access(s.guard, s.guard.locking(), "compute_gradients");
-  ComputeScope scope(s.arch.training_flops(batch_size));
+  ComputeScope scope(s.arch.training_work(batch_size));
   const auto sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss,
                                           1.0f / static_cast<float>(batch_size), result.values.data());
   result.loss = static_cast<float>(sums.loss / static_cast<double>(batch_size));
@@ -254,7 +254,7 @@ void Network::apply_gradients(std::span<const float> gradient, float learning_ra
   detail::check_learning_rate(learning_rate);
   detail::check_finite(gradient, "gradient");
   AccessGuard::Write access(s.guard, s.guard.locking(), "apply_gradients");
-  ComputeScope scope(static_cast<double>(s.arch.parameter_count) * 8.0);
+  ComputeScope scope(s.arch.update_work());
   detail::check_step_is_finite("apply_gradients", 0.0, s.config.optimizer, s.arch, s.params.data(), gradient.data(),
                                learning_rate, s.optimizer);
   detail::apply_update(s.config.optimizer, s.arch, s.params.data(), gradient.data(), learning_rate, s.optimizer);
@@ -286,7 +286,7 @@ void Network::set_update_observer(UpdateObserver observer) {
 
 std::vector<float> Network::parameters() const {
   AccessGuard::Read access(state_->guard, state_->guard.locking(), "parameters");
-  return state_->params;
+  return std::vector<float>(state_->params.begin(), state_->params.end());
 }
 
 void Network::set_parameters(std::span<const float> parameters) {

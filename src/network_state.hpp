@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "aligned_buffer.hpp"
 #include "architecture.hpp"
 #include "kortexdl/network.hpp"
 #include "parallel/access_guard.hpp"
@@ -18,7 +19,7 @@ class NetworkState {
   Architecture arch;
   NetworkConfig config;
   std::uint64_t seed;
-  std::vector<float> params;
+  AlignedFloats params;
   Network::OptimizerState optimizer;
   mutable AccessGuard guard;
   std::atomic<std::uint64_t> version{0};

@@ -118,7 +118,8 @@ class Writer {
     p_ += 8;
   }
   void f32(float v) { u32(std::bit_cast<std::uint32_t>(v)); }
-  void floats(const std::vector<float>& values) {
+  template <class Floats>
+  void floats(const Floats& values) {
     store_floats(p_, values.data(), values.size());
     p_ += values.size() * sizeof(float);
   }
@@ -520,7 +521,8 @@ std::string sizes_text(const std::vector<std::uint64_t>& sizes) {
   return out;
 }
 
-void read_finite_floats(const Source& source, std::uint64_t offset, std::vector<float>& out, const std::string& what) {
+template <class Floats>
+void read_finite_floats(const Source& source, std::uint64_t offset, Floats& out, const std::string& what) {
   const std::size_t n = out.size();
   const std::size_t bytes = n * sizeof(float);
   if (auto view = source.view(offset, bytes); view.size() == bytes && bytes != 0) {

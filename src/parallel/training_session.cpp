@@ -45,7 +45,7 @@ std::vector<std::size_t> shard_bounds(const NumaTopology& topology, std::size_t 
 // A parameter replica owned by one node: allocated and first touched by the
 // node's pinned worker, so its pages live on that node.
 struct Replica {
-  std::vector<float> own_params;  // empty for node 0, which works on the network's own buffer
+  AlignedFloats own_params;  // empty for node 0, which works on the network's own buffer
   Network::OptimizerState own_optimizer;
   std::vector<float> grad;
   float* params = nullptr;
@@ -241,7 +241,7 @@ LossSums TrainingSession::step_impl(const float* inputs, TargetRows targets, std
                                     StepVotes* votes) {
   // With one node this thread computes, with the whole budget; with more,
   // the node workers do and this thread only coordinates.
-  ComputeScope scope(trainer_ ? 0.0 : state_.arch.training_flops(rows));
+  ComputeScope scope(trainer_ ? 0.0 : state_.arch.training_work(rows));
   // Unlocked, the whole step is one write; locked, the gradients are a read
   // and only the update is exclusive.
   std::unique_ptr<AccessGuard::Write> unlocked_write;
@@ -299,7 +299,7 @@ LossSums TrainingSession::evaluate(const float* inputs, TargetRows targets, std:
                                    LossType loss) {
   AccessGuard::Read shared(state_.guard, lock_, operation_);
   if (trainer_) return trainer_->evaluate(inputs, targets, rows, chunk, loss);
-  ComputeScope scope(state_.arch.forward_flops(chunk));
+  ComputeScope scope(state_.arch.forward_work(chunk));
   LossSums sums;
   const std::size_t in = state_.arch.inputs();
   const std::size_t out = state_.arch.outputs();
@@ -323,7 +323,7 @@ void TrainingSession::restore(const std::vector<float>& parameters) {
 
 std::vector<float> TrainingSession::parameters() {
   AccessGuard::Read shared(state_.guard, lock_, operation_);
-  return state_.params;
+  return std::vector<float>(state_.params.begin(), state_.params.end());
 }
 
 BatchGatherer::BatchGatherer(std::span<const float> inputs, TargetRows targets, std::size_t in, std::size_t out,
