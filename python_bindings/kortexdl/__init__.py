@@ -72,6 +72,8 @@ finally:
         del _os.environ["OMP_WAIT_POLICY"]
     del _set_wait_policy
 
+from . import datasets
+
 from . import distributed  # noqa: E402  (kortexdl.distributed: training across processes over MPI)
 
 __all__ = [
@@ -95,6 +97,7 @@ __all__ = [
     "WeightInit",
     "__version__",
     "backend_name",
+    "datasets",
     "calls_in_flight",
     "get_num_threads",
     "gil_stats",

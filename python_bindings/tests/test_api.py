@@ -322,6 +322,7 @@ def test_clone_copy_and_pickle(rng):
         assert twin is not net
         np.testing.assert_array_equal(twin.get_parameters(), net.get_parameters())
         assert twin.config == net.config
+        assert twin.sizes == net.sizes
         # Optimizer state travels too: the next steps match exactly.
         a, b = net.clone(), twin
         for _ in range(2):
@@ -643,3 +644,77 @@ def test_predict_predict_classes_and_score(classification):
         net.score(x, labels.astype(np.float32))
     binary = kortexdl.Network([10, 1], output_activation="sigmoid", seed=1)
     assert set(np.unique(binary.predict_classes(x))) <= {0, 1}
+
+
+# ---------------------------------------------------------------------------
+# Model files and datasets
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    net = kortexdl.Network([6, 9, 3], hidden_activation="tanh", output_activation="softmax", optimizer="adam",
+                           seed=12)
+    x = rng.standard_normal((20, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, size=20)
+    net.train_batch(x, labels, CE, 0.01)
+    path = tmp_path / "model.kdl"
+    net.save(path)  # os.PathLike
+    loaded = kortexdl.Network.load(str(path))
+    assert loaded.sizes == net.sizes and loaded.config == net.config
+    np.testing.assert_array_equal(loaded.get_parameters(), net.get_parameters())
+    # The optimizer state came along: the next steps are identical.
+    assert loaded.train_batch(x, labels, CE, 0.01) == net.train_batch(x, labels, CE, 0.01)
+    np.testing.assert_array_equal(loaded.get_parameters(), net.get_parameters())
+    data = net.to_bytes()
+    assert isinstance(data, bytes)
+    for buffer in (data, bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        np.testing.assert_array_equal(kortexdl.Network.from_bytes(buffer).get_parameters(), net.get_parameters())
+    assert len(net.to_bytes(include_optimizer_state=False)) < len(data)
+
+
+def test_model_file_errors(tmp_path):
+    net = kortexdl.Network([4, 2], seed=0)
+    data = net.to_bytes()
+    with pytest.raises(kortexdl.FormatError) as info:
+        kortexdl.Network.from_bytes(data[:-5])
+    assert isinstance(info.value, ValueError)
+    corrupted = bytearray(data)
+    corrupted[40] ^= 0xFF
+    with pytest.raises(kortexdl.FormatError):
+        kortexdl.Network.from_bytes(bytes(corrupted))
+    with pytest.raises(kortexdl.FormatError):
+        kortexdl.Network.from_bytes(b"not a model at all")
+    with pytest.raises(kortexdl.IoError) as info:
+        kortexdl.Network.load(tmp_path / "missing.kdl")
+    assert isinstance(info.value, OSError)
+    with pytest.raises(kortexdl.IoError):
+        net.save(tmp_path / "no" / "such" / "dir" / "m.kdl")
+    with pytest.raises(TypeError, match="path"):
+        net.save(3)
+    with pytest.raises(TypeError, match="data"):
+        kortexdl.Network.from_bytes("a string")
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def test_fashion_mnist_dataset():
+    import os
+
+    if not os.path.exists(os.path.join(FASHION, "t10k-images-idx3-ubyte.gz")):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    x, y = kortexdl.datasets.read_idx(os.path.join(FASHION, "t10k-images-idx3-ubyte.gz"),
+                                      os.path.join(FASHION, "t10k-labels-idx1-ubyte.gz"))
+    assert x.shape == (10000, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.shape == (10000,) and y.dtype == np.int32 and set(np.unique(y)) == set(range(10))
+
+
+def test_read_csv(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,label\n1.5,2,0\n3,4.25,1\n")
+    x, y = kortexdl.datasets.read_csv(path)
+    np.testing.assert_array_equal(x, np.array([[1.5, 2], [3, 4.25]], np.float32))
+    np.testing.assert_array_equal(y, [0, 1])
+    x, t = kortexdl.datasets.read_csv(path, label_column=0, regression=True)
+    assert x.shape == (2, 2) and t.shape == (2, 1) and t.dtype == np.float32
+    with pytest.raises(kortexdl.IoError):
+        kortexdl.datasets.read_csv(tmp_path / "missing.csv")

@@ -29,6 +29,9 @@ void bind_training(py::module_& m, NetworkClass& network);
 // distributed_bindings.cpp: the _distributed submodule behind kortexdl.distributed.
 void bind_distributed(py::module_& m);
 
+// io_bindings.cpp: save/load/to_bytes/from_bytes, pickling, kortexdl.datasets.
+void bind_io(py::module_& m, NetworkClass& network);
+
 // The docstring sentence every compute method carries.
 inline constexpr const char* kReleasesGil =
     "\n\nReleases the GIL for the whole computation: other Python threads keep running, and calls "

@@ -88,6 +88,11 @@ constexpr const char* kCountedMethods[] = {
     "predict",
     "predict_classes",
     "score",
+    "save",
+    "load",
+    "to_bytes",
+    "from_bytes",
+    "datasets",
 };
 
 }  // namespace
@@ -261,5 +266,6 @@ PYBIND11_MODULE(_core, m) {
   auto network = kp::bind_network(m);
   kp::bind_data_parallel(m, network);
   kp::bind_training(m, network);
+  kp::bind_io(m, network);
   kp::bind_distributed(m);
 }

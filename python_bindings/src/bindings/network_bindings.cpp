@@ -281,35 +281,6 @@ void set_weights(Network& net, const py::object& layers) {
   without_gil<"set_parameters">([&] { net.set_parameters(view); });  // one write: all layers or none
 }
 
-// ---- pickling ------------------------------------------------------------------
-
-py::tuple get_state(const Network& net) {
-  Network::OptimizerState optimizer = net.optimizer_state();
-  py::list buffers;
-  for (auto& buffer : optimizer.buffers) buffers.append(adopt(std::move(buffer)));
-  return py::make_tuple(1, py::cast(net.sizes()), config_dict(net), adopt(parameters(net)), buffers,
-                        optimizer.step);
-}
-
-Network set_state(const py::tuple& state) {
-  if (state.size() != 6 || state[0].cast<int>() != 1) {
-    throw FormatError("Network pickle: unknown state layout (written by a newer kortexdl?)");
-  }
-  const py::dict config = state[2];
-  Network net = make_network(state[1], config["hidden_activation"], config["output_activation"], config["init"],
-                             config["seed"], config["optimizer"], config["momentum"], config["nesterov"],
-                             config["beta1"], config["beta2"], config["epsilon"], config["weight_decay"]);
-  set_parameters(net, state[3]);
-  Network::OptimizerState optimizer;
-  for (py::handle buffer : py::reinterpret_borrow<py::list>(state[4])) {
-    const FloatInput b = to_float_array(buffer, "optimizer_state", 1);
-    optimizer.buffers.emplace_back(b.data, b.data + b.size);
-  }
-  optimizer.step = state[5].cast<std::uint64_t>();
-  net.set_optimizer_state(optimizer);
-  return net;
-}
-
 }  // namespace
 
 NetworkClass bind_network(py::module_& m) {
@@ -445,7 +416,6 @@ NetworkClass bind_network(py::module_& m) {
       [](const Network& net, const py::object&) { return without_gil<"clone">([&] { return net.clone(); }); },
       py::arg("memo"));
   cls.def("__repr__", &network_repr);
-  cls.def(py::pickle(&get_state, &set_state));
   return cls;
 }
 
