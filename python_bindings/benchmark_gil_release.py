@@ -4,6 +4,7 @@
     python benchmark_gil_release.py --threads 1 2 4 8 16 --config all
     python benchmark_gil_release.py --threads 1 2 4 --config medium
     python benchmark_gil_release.py --overhead          # per-call cost at batch 1
+    python benchmark_gil_release.py --wait-idle 0.1     # on a shared machine
 
 For every configuration and thread count, T Python threads share one network
 and call the operation in a loop for --seconds; the throughput (calls/s) is
@@ -41,6 +42,32 @@ def make_call(net, op, batch, rng):
     if op == "evaluate":
         return lambda: net.evaluate(x, y, kortexdl.LossType.MSE)
     raise ValueError(op)
+
+
+def busy_fraction(interval=0.5):
+    """Fraction of the machine's CPU time spent busy over `interval` (Linux)."""
+
+    def read():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    idle0, total0 = read()
+    time.sleep(interval)
+    idle1, total1 = read()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_idle(threshold, timeout=120.0):
+    """On a shared machine: wait until other processes leave the CPUs idle
+    (busy below `threshold`), so a point measures this program alone."""
+    if threshold is None or not os.path.exists("/proc/stat"):
+        return None
+    deadline = time.time() + timeout
+    busy = busy_fraction()
+    while busy >= threshold and time.time() < deadline:
+        busy = busy_fraction()
+    return busy
 
 
 def throughput(net, op, batch, threads, seconds, seed=0):
@@ -87,8 +114,11 @@ def scaling(args):
         print(f"{'threads':>8} {'calls/s':>12} {'rows/s':>12} {'vs 1 thread':>12}")
         base = None
         for threads in args.threads:
-            rate = statistics.median(throughput(net, args.op, args.batch, threads, args.seconds, seed=r)
-                                     for r in range(args.repeats))
+            rates = []
+            for r in range(args.repeats):
+                wait_idle(args.wait_idle)
+                rates.append(throughput(net, args.op, args.batch, threads, args.seconds, seed=r))
+            rate = statistics.median(rates)
             base = base or rate
             results[(name, threads)] = rate / base
             print(f"{threads:>8} {rate:>12.0f} {rate * args.batch:>12.0f} {rate / base:>11.2f}x")
@@ -113,6 +143,7 @@ def overhead(args):
             call()
         per_call, region = [], []
         for _ in range(args.repeats):
+            wait_idle(args.wait_idle)
             kortexdl.reset_gil_stats()
             t0 = time.perf_counter()
             for _ in range(n):
@@ -134,6 +165,9 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--overhead", action="store_true", help="measure the per-call cost instead")
+    parser.add_argument("--wait-idle", type=float, default=None, metavar="FRACTION",
+                        help="before each point wait (up to 2 min) until the machine is less busy than FRACTION "
+                             "(e.g. 0.1), for shared machines")
     parser.add_argument("--calls", type=int, default=20000, help="calls per run with --overhead")
     args = parser.parse_args(argv)
     if args.overhead:

@@ -19,24 +19,26 @@ See docs/python.md for the threading model, errors and kortexdl.gil_stats().
 import os as _os
 
 
-def _prefer_passive_openmp():
-    """GNU OpenMP worker threads spin for a while after every parallel region
-    by default. When the cores are shared (other Python threads, other
-    processes) a spinning worker burns the time slice the thread it waits for
-    needs, and a call with a 2-thread team can take 100x longer (measured: 31 ms
-    instead of 0.2 ms for a 32-row forward on a busy 2-core machine). A passive
-    wait policy puts idle workers to sleep at once. libgomp reads its settings
-    when it is loaded, i.e. while ._core is imported, so the variable is set for
-    the import only; a setting of the user's own (OMP_WAIT_POLICY or
-    GOMP_SPINCOUNT) is left alone, as is a libgomp some other module loaded
-    first."""
+def _short_openmp_spin():
+    """GNU OpenMP worker threads spin for up to 300000 iterations after every
+    parallel region by default. When the cores are shared (other Python
+    threads, other processes) a spinning worker burns the time slice the
+    thread it waits for needs: a 32-row forward on 784-256-128-10 with a
+    2-thread team fell from ~12000 to ~80 calls/s on a 2-core machine with two
+    busy processes. A purely passive policy avoids that but pays a futex wake
+    for every barrier (~6000 calls/s even on an idle machine). A short spin
+    (GOMP_SPINCOUNT=1000) measured best in both cases (~11000 idle, ~5000
+    busy). libgomp reads its settings when it is loaded, i.e. while ._core is
+    imported, so the variable is set for that import only; a setting of the
+    user's own (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is left alone, as is a
+    libgomp that another module loaded first."""
     if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
         return False
-    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    _os.environ["GOMP_SPINCOUNT"] = "1000"
     return True
 
 
-_set_wait_policy = _prefer_passive_openmp()
+_set_spin_count = _short_openmp_spin()
 try:
     from ._core import (
         Activation,
@@ -68,9 +70,9 @@ try:
         version_info,
     )
 finally:
-    if _set_wait_policy:
-        del _os.environ["OMP_WAIT_POLICY"]
-    del _set_wait_policy
+    if _set_spin_count:
+        del _os.environ["GOMP_SPINCOUNT"]
+    del _set_spin_count
 
 from . import datasets
 
