@@ -1,6 +1,9 @@
 #include "parallel/training_session.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <exception>
 #include <cmath>
 #include <string>
 
@@ -84,7 +87,7 @@ class DataParallelTrainer {
  public:
   DataParallelTrainer(NetworkState& state, const NumaTopology& topology)
       : state_(state), topology_(topology), workers_(topology, teams_for(topology)),
-        replicas_(topology.nodes.size()) {
+        replicas_(topology.nodes.size()), barrier_(static_cast<std::ptrdiff_t>(topology.nodes.size())) {
     const std::size_t count = state.arch.parameter_count;
     reduced_.resize(count);
     // Segment k of the averaged gradient is summed by node k, in whole
@@ -128,17 +131,30 @@ class DataParallelTrainer {
     const auto bounds = shard_bounds(topology_, rows);
     const std::size_t in = state_.arch.inputs();
     const std::size_t out = state_.arch.outputs();
+    // One dispatch: every worker computes its shard's gradient, meets the
+    // others at the barrier, then sums its segment. A worker that fails
+    // still arrives at the barrier (nobody waits forever) and the reduce is
+    // skipped; NodeWorkers::run rethrows the first failure.
+    std::atomic<bool> failed{false};
+    std::vector<double> reduce_seconds(nodes(), 0.0);
     workers_.run([&](std::size_t k) {
       Replica& r = replicas_[k];
       r.rows = bounds[k + 1] - bounds[k];
       r.sums = LossSums{};
-      if (r.rows > 0) {
-        r.sums = gradient_rows(state_.arch, r.params, inputs + bounds[k] * in, targets.offset(bounds[k], out), r.rows,
-                               loss, scale, r.grad.data());
+      std::exception_ptr error;
+      try {
+        if (r.rows > 0) {
+          r.sums = gradient_rows(state_.arch, r.params, inputs + bounds[k] * in, targets.offset(bounds[k], out),
+                                 r.rows, loss, scale, r.grad.data());
+        }
+      } catch (...) {
+        error = std::current_exception();
+        failed.store(true);
       }
-    });
-    const auto reduce_start = Clock::now();
-    workers_.run([&](std::size_t k) {
+      barrier_.arrive_and_wait();
+      if (error) std::rethrow_exception(error);
+      if (failed.load()) return;
+      const auto reduce_start = Clock::now();
       float* dst = reduced_.data();
       const std::size_t begin = segments_[k];
       const std::size_t end = segments_[k + 1];
@@ -149,8 +165,9 @@ class DataParallelTrainer {
 #pragma omp simd
         for (std::size_t i = begin; i < end; ++i) dst[i] += src[i];
       }
+      reduce_seconds[k] = seconds_since(reduce_start);
     });
-    *reduce_time += seconds_since(reduce_start);
+    *reduce_time += *std::max_element(reduce_seconds.begin(), reduce_seconds.end());
     LossSums total;
     for (const Replica& r : replicas_) total += r.sums;
     return total;
@@ -197,6 +214,7 @@ class DataParallelTrainer {
   std::vector<Replica> replicas_;
   std::vector<float> reduced_;
   std::vector<std::size_t> segments_;
+  std::barrier<> barrier_;
 };
 
 TrainingSession::TrainingSession(NetworkState& state, const NumaTopology& topology, bool lock, const char* operation,
