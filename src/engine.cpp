@@ -1,6 +1,9 @@
 #include "engine.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <exception>
 #include <utility>
 #include <vector>
 
@@ -105,6 +108,69 @@ LossSums loss_rows(const Architecture& arch, const float* params, const float* i
   backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, final_values,
                            params + out.biases_offset, rows, out.outputs, nullptr);
   return output_loss(arch, final_values, targets, rows, loss, 0.0f, nullptr);
+}
+
+namespace {
+
+// Below this many rows per thread a block's GEMMs get too thin to pay for
+// the split.
+constexpr std::size_t kMinRowsPerThread = 4;
+// Blocks per split: bounds the per-block results kept on the stack.
+constexpr std::size_t kMaxBlocks = 256;
+
+// Runs body(block, begin, end) on contiguous row blocks, one per thread of
+// the calling thread's team (inside, every thread's own team is one thread).
+// Returns the number of blocks, or 0 when the rows were not worth splitting.
+template <class Body>
+std::size_t split_rows(std::size_t rows, Body body) {
+  const auto team = static_cast<std::size_t>(omp_get_max_threads());
+  const std::size_t threads = std::min({team, rows / kMinRowsPerThread, kMaxBlocks});
+  if (threads <= 1 || omp_in_parallel()) return 0;
+  std::exception_ptr failure;
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    omp_set_num_threads(1);
+    const auto me = static_cast<std::size_t>(omp_get_thread_num());
+    const auto count = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t begin = rows * me / count;
+    const std::size_t end = rows * (me + 1) / count;
+    try {
+      if (begin < end) body(me, begin, end);
+    } catch (...) {
+#pragma omp critical(kortex_split_rows_failure)
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  return threads;
+}
+
+}  // namespace
+
+void forward_rows_split(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                        float* outputs) {
+  const std::size_t in = arch.inputs();
+  const std::size_t out = arch.outputs();
+  const std::size_t blocks = split_rows(rows, [&](std::size_t, std::size_t begin, std::size_t end) {
+    forward_rows(arch, params, inputs + begin * in, end - begin, outputs + begin * out);
+  });
+  if (blocks == 0) forward_rows(arch, params, inputs, rows, outputs);
+}
+
+LossSums loss_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
+                         std::size_t rows, LossType loss) {
+  const std::size_t in = arch.inputs();
+  const std::size_t out = arch.outputs();
+  // Per-block sums added in block order, so the result does not depend on
+  // which thread finishes first.
+  LossSums parts[kMaxBlocks];
+  const std::size_t blocks = split_rows(rows, [&](std::size_t block, std::size_t begin, std::size_t end) {
+    parts[block] = loss_rows(arch, params, inputs + begin * in, targets.offset(begin, out), end - begin, loss);
+  });
+  if (blocks == 0) return loss_rows(arch, params, inputs, targets, rows, loss);
+  LossSums total;
+  for (std::size_t b = 0; b < blocks; ++b) total += parts[b];
+  return total;
 }
 
 LossSums gradient_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,

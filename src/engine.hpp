@@ -41,6 +41,16 @@ std::size_t evaluation_chunk(std::size_t batch_size, std::size_t rows);
 void forward_rows(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
                   float* outputs);
 
+// The same results, with the rows split into one block per thread of the
+// calling thread's OpenMP team, each block computed single-threaded: one
+// fork/join per call instead of one per GEMM and kernel, and every GEMM keeps
+// its full width. Falls back to the single-threaded versions for one thread
+// or few rows.
+void forward_rows_split(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                        float* outputs);
+LossSums loss_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
+                         std::size_t rows, LossType loss);
+
 // Loss sums without gradients (evaluation).
 LossSums loss_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
                    std::size_t rows, LossType loss);

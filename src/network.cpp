@@ -38,7 +38,7 @@ void forward_chunked(const detail::Architecture& arch, const float* params, std:
   const std::size_t out = arch.outputs();
   for (std::size_t start = 0; start < rows; start += chunk) {
     const std::size_t n = std::min(chunk, rows - start);
-    detail::forward_rows(arch, params, inputs.data() + start * in, n, outputs.data() + start * out);
+    detail::forward_rows_split(arch, params, inputs.data() + start * in, n, outputs.data() + start * out);
   }
 }
 
@@ -91,7 +91,7 @@ void forward_impl(NetworkState& s, std::span<const float> inputs, std::size_t ba
   detail::check_outputs(outputs, batch_size, s.arch.outputs());
   AccessGuard::Read access(s.guard, lock, operation);
   ComputeScope scope(s.arch.forward_work(batch_size));
-  detail::forward_rows(s.arch, s.params.data(), inputs.data(), batch_size, outputs.data());
+  detail::forward_rows_split(s.arch, s.params.data(), inputs.data(), batch_size, outputs.data());
 }
 
 void forward_batch_impl(NetworkState& s, std::span<const float> inputs, std::size_t batch_size,
@@ -210,7 +210,7 @@ Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, c
   detail::LossSums sums;
   for (std::size_t start = 0; start < rows; start += chunk) {
     const std::size_t n = std::min(chunk, rows - start);
-    sums += detail::loss_rows(s.arch, s.params.data(), inputs.data() + start * s.arch.inputs(),
+    sums += detail::loss_rows_split(s.arch, s.params.data(), inputs.data() + start * s.arch.inputs(),
                               target_rows.offset(start, s.arch.outputs()), n, loss);
   }
   return detail::to_evaluation(sums, rows, s.arch.outputs(), loss);

@@ -323,7 +323,7 @@ LossSums TrainingSession::evaluate(const float* inputs, TargetRows targets, std:
   const std::size_t out = state_.arch.outputs();
   for (std::size_t start = 0; start < rows; start += chunk) {
     const std::size_t n = std::min(chunk, rows - start);
-    sums += loss_rows(state_.arch, state_.params.data(), inputs + start * in, targets.offset(start, out), n, loss);
+    sums += loss_rows_split(state_.arch, state_.params.data(), inputs + start * in, targets.offset(start, out), n, loss);
   }
   return sums;
 }
