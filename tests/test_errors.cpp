@@ -227,9 +227,10 @@ TEST(ConstructionErrors, ThreadBudgetAbove4096IsRefused) {
 // ---- learning rate, batch size, shapes ------------------------------------
 
 TEST_F(NetworkErrors, LearningRateMustBeFinitePositive) {
-  for (const auto& [lr, text] : std::vector<std::pair<float, std::string>>{
+  for (const auto& [rate, text] : std::vector<std::pair<float, std::string>>{
            {0.0f, "got 0"}, {-0.5f, "got -0.5"}, {kNaN, "got nan"}, {kInf, "got inf"}, {-kInf, "got -inf"}}) {
     SCOPED_TRACE(text);
+    const float lr = rate;  // lambdas cannot capture structured bindings in clang 14
     expect_rejected<InvalidArgumentError>([&] { net_.train_batch(x_, t_, LossType::MSE, lr, 2); },
                                           {"learning_rate", "> 0", text});
     expect_rejected<InvalidArgumentError>([&] { net_.train_batch_thread_safe(x_, t_, LossType::MSE, lr, 2); },
