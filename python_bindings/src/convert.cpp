@@ -1,5 +1,7 @@
 #include "convert.hpp"
 
+#include <unistd.h>
+
 #include <climits>
 #include <limits>
 
@@ -70,6 +72,50 @@ std::size_t checked_product(std::size_t a, std::size_t b, const char* what) {
   return result;
 }
 
+std::size_t physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return std::numeric_limits<std::size_t>::max();
+  return static_cast<std::size_t>(pages) * static_cast<std::size_t>(page);
+}
+
+// numpy.ascontiguousarray(any, dtype=T), reporting failures as what they
+// are. A conversion that needs more memory than the machine has (a
+// zero-stride view claiming 2**40 rows, say) is refused with
+// ResourceLimitError (MemoryError) before numpy tries to allocate, and a
+// MemoryError from numpy becomes one too: array_t::ensure would clear it and
+// leave only a TypeError.
+template <class T>
+py::array_t<T, py::array::c_style | py::array::forcecast> contiguous(const py::array& any, const char* argument,
+                                                                    const char* what) {
+  using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
+  if (Array::check_(any)) return py::reinterpret_borrow<Array>(any);
+  const auto count = static_cast<std::size_t>(any.size());
+  std::size_t bytes = 0;
+  const bool overflows = __builtin_mul_overflow(count, sizeof(T), &bytes);
+  if (overflows || bytes > physical_memory_bytes()) {
+    throw ResourceLimitError(std::string(argument) + ": converting an array of shape " + shape_text(any) + " to " +
+                             what + " needs " + (overflows ? num(count) + " x " + num(sizeof(T)) : num(bytes)) +
+                             " bytes, more than the " + num(physical_memory_bytes()) +
+                             " bytes of memory this machine has");
+  }
+  auto& api = py::detail::npy_api::get();
+  PyObject* converted = api.PyArray_FromAny_(any.ptr(), py::dtype::of<T>().release().ptr(), 0, 0,
+                                             py::detail::npy_api::NPY_ARRAY_ENSUREARRAY_ |
+                                                 py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                                                 py::detail::npy_api::NPY_ARRAY_FORCECAST_,
+                                             nullptr);
+  if (converted == nullptr) {
+    py::error_already_set error;
+    if (error.matches(PyExc_MemoryError)) {
+      throw ResourceLimitError(std::string(argument) + ": converting an array of shape " + shape_text(any) + " to " +
+                               what + " needs " + num(bytes) + " bytes, which could not be allocated");
+    }
+    throw py::type_error(std::string(argument) + ": cannot convert to " + what + " (" + error.what() + ")");
+  }
+  return py::reinterpret_steal<Array>(converted);
+}
+
 void check_columns(const FloatInput& in, std::size_t width, const char* argument, const char* width_name) {
   if (in.shape1 != width) {
     throw ShapeError(std::string(argument) + ": expected rows of " + width_name + " = " + num(width) +
@@ -91,8 +137,7 @@ std::size_t flat_rows(const FloatInput& in, std::size_t width, const char* argum
 
 template <class Int>
 LabelArray labels_from(const py::array& any, std::size_t outputs, const char* argument) {
-  auto source = py::array_t<Int, py::array::c_style | py::array::forcecast>::ensure(any);
-  if (!source) throw py::type_error(std::string(argument) + ": cannot convert the labels to integers");
+  const auto source = contiguous<Int>(any, argument, "integer labels");
   const auto size = static_cast<std::size_t>(source.size());
   LabelArray labels(static_cast<py::ssize_t>(size));
   const Int* in = source.data();
@@ -151,8 +196,7 @@ FloatInput to_float_array(py::handle object, const char* argument, int max_ndim)
     py::array any = as_numpy(object, argument);
     check_numeric(any, argument);
     check_ndim(any, argument, max_ndim);
-    in.array = FloatArray::ensure(any);
-    if (!in.array) throw py::type_error(std::string(argument) + ": cannot convert to a float32 array");
+    in.array = contiguous<float>(any, argument, "a float32 array");
   }
   check_ndim(in.array, argument, max_ndim);
   in.ndim = static_cast<int>(in.array.ndim());
@@ -227,8 +271,7 @@ TargetsInput to_targets(py::handle object, LossType loss, std::size_t rows, std:
       t.labels = integer_labels(any, outputs, argument);
       return t;
     }
-    t.values = FloatArray::ensure(any);
-    if (!t.values) throw py::type_error(name + ": cannot convert to a float32 array");
+    t.values = contiguous<float>(any, argument, "a float32 array");
   }
   check_ndim(t.values, argument, 2);
   if (t.values.ndim() == 2) {

@@ -46,9 +46,20 @@ std::vector<std::size_t> to_sizes(py::handle sizes) {
     if (PyBool_Check(item.ptr()) || PyIndex_Check(item.ptr()) == 0) {
       throw py::type_error(argument + ": expected an integer, got " + type_name(item));
     }
-    const long long v = py::reinterpret_steal<py::int_>(PyNumber_Index(item.ptr())).cast<long long>();
-    if (v < 0) {
-      throw InvalidArgumentError(argument + ": every layer needs at least 1 unit, got " + std::to_string(v));
+    py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(item.ptr()));
+    if (!index) throw py::error_already_set();
+    // Beyond long long (2**63 and up) pybind11's cast would raise a bare
+    // RuntimeError; such a layer is a request for absurd memory.
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (overflow > 0) {
+      throw ResourceLimitError(argument + ": a layer of " + py::str(index).cast<std::string>() +
+                               " units is beyond the library's parameter limit");
+    }
+    if (overflow < 0 || v < 0) {
+      throw InvalidArgumentError(argument + ": every layer needs at least 1 unit, got " +
+                                 py::str(index).cast<std::string>());
     }
     result.push_back(static_cast<std::size_t>(v));
   }
