@@ -65,7 +65,8 @@ class IoError : public Error {
   using Error::Error;
 };
 
-// A long call was stopped on request (see set_interrupt_check); the network
+// A long call was stopped on request (the should_stop option of fit and
+// train_parallel_numa, which the Python bindings wire to Ctrl-C); the network
 // is left in the state after the last completed mini-batch.
 class InterruptedError : public Error {
  public:
