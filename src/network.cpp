@@ -117,7 +117,7 @@ void Network::forward(std::span<const float> inputs, std::size_t batch_size, std
 
 std::vector<float> Network::forward(std::span<const float> inputs, std::size_t batch_size) const {
   detail::check_inputs_exact(inputs, batch_size, input_size());
-  std::vector<float> outputs(batch_size * output_size());
+  std::vector<float> outputs(detail::checked_mul(batch_size, output_size(), "batch_size x output_size"));
   forward(inputs, batch_size, outputs);
   return outputs;
 }
@@ -140,7 +140,7 @@ void Network::forward_thread_safe(std::span<const float> inputs, std::size_t bat
 
 std::vector<float> Network::forward_thread_safe(std::span<const float> inputs, std::size_t batch_size) const {
   detail::check_inputs_exact(inputs, batch_size, input_size());
-  std::vector<float> outputs(batch_size * output_size());
+  std::vector<float> outputs(detail::checked_mul(batch_size, output_size(), "batch_size x output_size"));
   forward_thread_safe(inputs, batch_size, outputs);
   return outputs;
 }

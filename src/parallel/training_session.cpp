@@ -40,7 +40,7 @@ std::vector<std::size_t> shard_bounds(const NumaTopology& topology, std::size_t 
   std::size_t cumulative = 0;
   for (const auto& node : topology.nodes) {
     cumulative += node.cpus.size();
-    bounds.push_back(rows * cumulative / total);
+    bounds.push_back(checked_mul(rows, cumulative, "rows x CPUs") / total);
   }
   return bounds;
 }
