@@ -13,3 +13,6 @@ ctest --test-dir "$KORTEX_BUILD" --output-on-failure -j2
 echo "== Python tests"
 cd "$KORTEX_ROOT/python_bindings"
 "$KORTEX_PYTHON" -m pytest -q tests
+
+echo "== Sanitizers (ASan+UBSan, TSan) and fuzz smoke runs"
+bash "$KORTEX_ROOT/scripts/sanitizers.sh"

@@ -368,6 +368,112 @@ def test_setstate_garbage(net, state):
         assert np.array_equal(clone.forward(PROBE), net.forward(PROBE))
 
 
+# ---- model files and data files ---------------------------------------------------------------------
+
+# File calls may also report what the OS refused (docs/python.md: IoError is an OSError).
+DOCUMENTED_IO = DOCUMENTED + (OSError,)
+
+
+def call_io(fn, *args, **kwargs):
+    CALLS["examples"] += 1
+    try:
+        return fn(*args, **kwargs), None
+    except DOCUMENTED_IO as e:
+        CALLS["raised"] += 1
+        return None, e
+    except BaseException as e:  # noqa: BLE001
+        pytest.fail(f"undocumented exception {type(e).__module__}.{type(e).__name__}: {e}")
+
+
+@st.composite
+def model_bytes(draw):
+    """Valid model files, then mutated: bytes flipped, cut, spliced, appended."""
+    i = draw(st.integers(0, len(NET_CONFIGS) - 1))
+    data = bytearray(kortexdl.Network(NET_CONFIGS[i][0], seed=i, **NET_CONFIGS[i][1]).to_bytes(draw(st.booleans())))
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.integers(0, 3))
+        if op == 0 and data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        elif op == 1:
+            data = data[: draw(st.integers(0, len(data)))]
+        elif op == 2:
+            data += draw(st.binary(max_size=16))
+        elif op == 3 and len(data) >= 8:
+            at = draw(st.integers(0, len(data) - 8))
+            data[at : at + 8] = draw(st.sampled_from([b"\xff" * 8, b"\x00" * 8, (2**40).to_bytes(8, "little")]))
+    return bytes(data)
+
+
+@given(data=st.one_of(model_bytes(), st.binary(max_size=300), st.sampled_from([None, "KORTEXDL", 3, memoryview(b"x")])))
+def test_from_bytes_any_input(data):
+    net, error = call_io(kortexdl.Network.from_bytes, data)
+    if error is None:
+        assert np.all(np.isfinite(net.get_parameters()))
+        assert net.from_bytes(net.to_bytes()).to_bytes() == net.to_bytes()
+        assert np.all(np.isfinite(net.forward(np.zeros((1, net.input_size), np.float32))))
+
+
+@given(data=st.one_of(model_bytes(), st.binary(max_size=200)))
+def test_load_any_file(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("load") / "model.kdl"
+    path.write_bytes(data)
+    net, error = call_io(kortexdl.Network.load, path)
+    if error is None:
+        assert np.all(np.isfinite(net.get_parameters()))
+
+
+@given(
+    net=nets,
+    where=st.sampled_from(["file", "missing_dir", "directory", "bytes", "int", "none"]),
+    state=st.sampled_from([True, False, 1, None, "yes"]),
+)
+def test_save_any_path(tmp_path_factory, net, where, state):
+    base = tmp_path_factory.mktemp("save")
+    path = {
+        "file": base / "m.kdl",
+        "missing_dir": base / "nope" / "m.kdl",
+        "directory": base,
+        "bytes": bytes(base / "b.kdl"),
+        "int": 3,
+        "none": None,
+    }[where]
+    _, error = call_io(net.save, path, state)
+    if error is None:
+        assert np.array_equal(kortexdl.Network.load(path).get_parameters(), net.get_parameters())
+    assert np.all(np.isfinite(net.forward(PROBE)))
+
+
+@given(
+    text=st.one_of(
+        st.text(alphabet="0123456789.,-+eE \n\r\tnaifNA", max_size=200),
+        st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+    ),
+    label_column=st.one_of(st.integers(-4, 4), st.sampled_from([2**31, -(2**31) - 1, 2**70, None, "1", 1.0])),
+    regression=st.sampled_from([True, False, None, 1]),
+)
+def test_read_csv_any_file(tmp_path_factory, text, label_column, regression):
+    path = tmp_path_factory.mktemp("csv") / "data.csv"
+    path.write_bytes(text.encode("latin-1", errors="replace"))
+    result, error = call_io(kortexdl.datasets.read_csv, path, label_column, regression)
+    if error is None:
+        x, y = result
+        assert x.dtype == np.float32 and x.ndim == 2 and np.all(np.isfinite(x)) and len(y) == len(x)
+
+
+@given(images=st.binary(max_size=120), labels=st.binary(max_size=40), header=st.integers(0, 2))
+def test_read_idx_any_files(tmp_path_factory, images, labels, header):
+    base = tmp_path_factory.mktemp("idx")
+    if header:  # a plausible header, so the body checks get exercised too
+        images = bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + images
+        labels = bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + labels
+    (base / "i").write_bytes(images)
+    (base / "l").write_bytes(labels)
+    result, error = call_io(kortexdl.datasets.read_idx, base / "i", base / "l")
+    if error is None:
+        x, y = result
+        assert x.shape[0] == y.shape[0] and np.all((x >= 0) & (x <= 1))
+
+
 # ---- construction and module functions --------------------------------------------------------------
 
 size_values = st.one_of(st.integers(1, 9), st.sampled_from([0, -1] + HUGE_INTS), st.sampled_from([1.0, "3", None]))
