@@ -184,7 +184,12 @@ History fit(Network& network, std::span<const float> inputs, const Targets& targ
   std::mt19937_64 engine(options.seed.value_or(s.seed));
   detail::BatchGatherer gather(split.train_inputs, split.train_targets, in, out, options.shuffle ? batch : 0);
   const std::size_t steps_per_epoch = run ? run->steps_per_epoch(batch) : (split.train_rows + batch - 1) / batch;
-  const std::size_t total_steps = steps_per_epoch * options.epochs;
+  // Saturating: a run too long to count in size_t anneals as if endless
+  // (a wrapped count would restart the cosine schedule).
+  std::size_t total_steps = 0;
+  if (__builtin_mul_overflow(steps_per_epoch, options.epochs, &total_steps)) {
+    total_steps = std::numeric_limits<std::size_t>::max();
+  }
   const std::size_t eval_chunk = detail::evaluation_chunk(0, std::max<std::size_t>(split.validation_rows, 1));
 
   History history;
