@@ -120,6 +120,23 @@ INSTANTIATE_TEST_SUITE_P(
                       EquivalenceCase{2, 10, kortexdl::OptimizerKind::Adam, LossType::CrossEntropy},
                       EquivalenceCase{3, 2, kortexdl::OptimizerKind::Adam, LossType::MSE}));
 
+// Every call ends by comparing every replica with the network's parameters
+// (InternalError if any bit differs), so one-step calls check the replicas
+// after every single step, here with Adam (whose state must stay identical
+// too) on three uneven nodes.
+TEST(DataParallel, ReplicasAreBitIdenticalAfterEveryStep) {
+  const Data d = make_data(40, 12, 4, 12);
+  auto net = make_net(kortexdl::OptimizerConfig::adam());
+  kortexdl::DataParallelOptions options;
+  options.batch_size = 40;  // one step per call
+  options.numa_nodes = 3;
+  for (int step = 0; step < 25; ++step) {
+    ASSERT_NO_THROW(kortexdl::train_parallel_numa(net, d.x, d.labels, LossType::CrossEntropy, 0.01f, options))
+        << "step " << step;
+  }
+  EXPECT_EQ(net.version(), 25u);
+}
+
 TEST(DataParallel, EvaluateMatchesEvaluate) {
   const Data d = make_data(211, 12, 4, 9);
   auto net = make_net({});
