@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,8 +137,45 @@ TEST(ThreadBudget, ConcurrentCallsShareTheBudget) {
   EXPECT_EQ(kortexdl::detail::share_for(2.5 * kortexdl::detail::kMinFlopsPerExtraThread), 2u);
 }
 
+TEST(ThreadBudget, OneThreadAtATimeOwnsTheIntraOpTeam) {
+  // libgomp slows every team down once the teams of several threads
+  // outnumber the CPUs, so only one thread opens teams; the others compute
+  // single-threaded until it exits.
+  ThreadBudget budget(2);
+  kortexdl::detail::release_intra_op_team();  // this thread may own it from an earlier test
+  std::promise<void> measured;
+  std::shared_future<void> measured_done = measured.get_future().share();
+  std::promise<std::size_t> owner_threads;
+  std::thread owner([&] {
+    {
+      kortexdl::detail::ComputeScope scope(1e12);
+      owner_threads.set_value(scope.threads());
+    }
+    measured_done.wait();  // stays alive, and the owner, until the other thread has looked
+  });
+  EXPECT_EQ(owner_threads.get_future().get(), 2u);
+  std::thread other([] {
+    kortexdl::detail::ComputeScope scope(1e12);
+    EXPECT_EQ(scope.threads(), 1u) << "a second thread got a team while the owner lives";
+    EXPECT_EQ(omp_get_max_threads(), 1);
+    EXPECT_FALSE(kortexdl::detail::owns_intra_op_team());
+  });
+  other.join();
+  measured.set_value();
+  owner.join();
+  std::thread next([] {  // the owner has exited: the team is free again
+    kortexdl::detail::ComputeScope scope(1e12);
+    EXPECT_EQ(scope.threads(), 2u);
+    EXPECT_TRUE(kortexdl::detail::owns_intra_op_team());
+    kortexdl::detail::release_intra_op_team();
+    EXPECT_FALSE(kortexdl::detail::owns_intra_op_team());
+  });
+  next.join();
+}
+
 TEST(ThreadBudget, ComputeScopeSetsAndRestoresTheCallingThreadsTeamSize) {
   ThreadBudget budget(3);
+  kortexdl::detail::release_intra_op_team();  // this thread may own it from an earlier test
   // On a fresh thread, which never set its OpenMP team size itself.
   std::thread worker([] {
     const int before = omp_get_max_threads();

@@ -1,6 +1,15 @@
 #include "access_guard.hpp"
 
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "kortexdl/error.hpp"
 
@@ -20,6 +29,47 @@ void check(int rc, const char* what) {
   if (rc != 0) throw InternalError(std::string("parameter lock: ") + what + " failed with code " + std::to_string(rc));
 }
 
+// Parameter locks are held for one gradient phase or one update: a few to a
+// few hundred microseconds. Sleeping in the kernel and being woken costs
+// 10-50 us on a virtual machine, so while every thread that wants the lock
+// can have a CPU of its own, a contended lock is retried for a while before
+// the thread sleeps. With more contenders than CPUs a spinner would take the
+// CPU from the thread that holds the lock, so they sleep at once.
+constexpr auto kLockSpin = std::chrono::microseconds(200);
+
+int usable_cpus() {
+  static const int cpus = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
+  }();
+  return cpus;
+}
+
+// Threads inside or waiting for some parameter lock, process-wide.
+std::atomic<int> contenders{0};
+
+template <class TryLock>
+bool acquired_by_spinning(TryLock try_lock) {
+  if (try_lock() == 0) return true;
+  const auto until = std::chrono::steady_clock::now() + kLockSpin;
+  for (unsigned i = 1;; ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+    if (try_lock() == 0) return true;
+    if (i % 16 == 0 &&
+        (contenders.load(std::memory_order_relaxed) > usable_cpus() || std::chrono::steady_clock::now() > until)) {
+      return false;
+    }
+  }
+}
+
+void unlock_and_leave(pthread_rwlock_t* lock) {
+  pthread_rwlock_unlock(lock);
+  contenders.fetch_sub(1, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 AccessGuard::AccessGuard() {
@@ -35,34 +85,48 @@ AccessGuard::~AccessGuard() { pthread_rwlock_destroy(&lock_); }
 
 AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
-  if (locked_) check(pthread_rwlock_rdlock(&guard_.lock_), "read lock");
+  if (locked_) {
+    contenders.fetch_add(1, std::memory_order_relaxed);
+    if (!acquired_by_spinning([&] { return pthread_rwlock_tryrdlock(&guard_.lock_); })) {
+      const int rc = pthread_rwlock_rdlock(&guard_.lock_);
+      if (rc != 0) contenders.fetch_sub(1, std::memory_order_relaxed);
+      check(rc, "read lock");
+    }
+  }
   const std::uint64_t before = guard_.state_.fetch_add(1, std::memory_order_acquire);
   if ((before & kWriter) != 0) {
     guard_.state_.fetch_sub(1, std::memory_order_release);
-    if (locked_) pthread_rwlock_unlock(&guard_.lock_);
+    if (locked_) unlock_and_leave(&guard_.lock_);
     refuse(operation);
   }
 }
 
 AccessGuard::Read::~Read() {
   guard_.state_.fetch_sub(1, std::memory_order_release);
-  if (locked_) pthread_rwlock_unlock(&guard_.lock_);
+  if (locked_) unlock_and_leave(&guard_.lock_);
 }
 
 AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
-  if (locked_) check(pthread_rwlock_wrlock(&guard_.lock_), "write lock");
+  if (locked_) {
+    contenders.fetch_add(1, std::memory_order_relaxed);
+    if (!acquired_by_spinning([&] { return pthread_rwlock_trywrlock(&guard_.lock_); })) {
+      const int rc = pthread_rwlock_wrlock(&guard_.lock_);
+      if (rc != 0) contenders.fetch_sub(1, std::memory_order_relaxed);
+      check(rc, "write lock");
+    }
+  }
   std::uint64_t expected = 0;
   if (!guard_.state_.compare_exchange_strong(expected, kWriter, std::memory_order_acquire,
                                              std::memory_order_relaxed)) {
-    if (locked_) pthread_rwlock_unlock(&guard_.lock_);
+    if (locked_) unlock_and_leave(&guard_.lock_);
     refuse(operation);
   }
 }
 
 AccessGuard::Write::~Write() {
   guard_.state_.fetch_and(~kWriter, std::memory_order_release);
-  if (locked_) pthread_rwlock_unlock(&guard_.lock_);
+  if (locked_) unlock_and_leave(&guard_.lock_);
 }
 
 }  // namespace kortexdl::detail

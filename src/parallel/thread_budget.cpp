@@ -43,6 +43,42 @@ std::atomic<std::size_t>& budget() {
 
 std::atomic<std::size_t> in_flight{0};
 
+// libgomp gives every thread that opens a parallel region a pool of worker
+// threads of its own, kept until that thread exits. Once the pools together
+// hold more threads than there are CPUs, every pool stops spinning between
+// regions (a "throttled" spin of 100-1000 iterations, whatever
+// GOMP_SPINCOUNT says), and each region and barrier then wakes its workers
+// through the kernel. Measured here: a 784-256-128-10 training step at batch
+// 1 took 115 us from the first thread that used OpenMP and 700-1100 us from
+// any other thread (batch 32: 300 us and 1400 us); one thread alone: 120 us.
+// A server answers from many threads, so that was the common case.
+//
+// So one thread at a time owns the intra-op team: the first thread that
+// makes a call worth several threads, until it exits. Calls from other
+// threads run on their own thread with OpenMP set to one thread (oneDNN's
+// GEMM then runs inline too) and never create a pool. Several callers at
+// once would share the cores anyway (share_for), so they lose nothing; one
+// caller alone on a non-owner thread runs single-threaded.
+std::atomic<const void*> team_owner{nullptr};
+
+struct TeamOwnership {
+  bool owner = false;
+  ~TeamOwnership() {
+    if (owner) team_owner.store(nullptr, std::memory_order_release);
+  }
+};
+thread_local TeamOwnership this_thread_team;
+
+bool may_use_team() {
+  if (this_thread_team.owner) return true;
+  const void* expected = nullptr;
+  if (team_owner.load(std::memory_order_relaxed) == nullptr &&
+      team_owner.compare_exchange_strong(expected, &this_thread_team, std::memory_order_acq_rel)) {
+    this_thread_team.owner = true;
+  }
+  return this_thread_team.owner;
+}
+
 }  // namespace
 
 void set_num_threads(std::size_t n) {
@@ -66,9 +102,18 @@ std::size_t share_for(double flops) {
   return std::min(share, useful);
 }
 
+bool owns_intra_op_team() { return this_thread_team.owner; }
+
+void release_intra_op_team() {
+  if (!this_thread_team.owner) return;
+  this_thread_team.owner = false;
+  team_owner.store(nullptr, std::memory_order_release);
+}
+
 ComputeScope::ComputeScope(double flops) {
   in_flight.fetch_add(1, std::memory_order_relaxed);
   threads_ = share_for(flops);
+  if (threads_ > 1 && !may_use_team()) threads_ = 1;
   previous_ = omp_get_max_threads();
   if (previous_ != static_cast<int>(threads_)) omp_set_num_threads(static_cast<int>(threads_));
 }

@@ -28,4 +28,10 @@ class ComputeScope {
 // Threads the caller may use for a region of `flops` work right now.
 std::size_t share_for(double flops);
 
+// Whether this thread owns the intra-op team (see thread_budget.cpp: one
+// thread at a time opens OpenMP teams), and giving it up while the thread
+// lives (tests; a thread that stops computing for good).
+bool owns_intra_op_team();
+void release_intra_op_team();
+
 }  // namespace kortexdl::detail
