@@ -65,6 +65,20 @@ bool acquired_by_spinning(TryLock try_lock) {
   }
 }
 
+using LockFunction = int (*)(pthread_rwlock_t*);
+
+// Takes the lock (shared or exclusive, by the pair of functions given),
+// counted as a contender until unlock_and_leave.
+void enter(pthread_rwlock_t* lock, LockFunction try_lock, LockFunction block, const char* what) {
+  contenders.fetch_add(1, std::memory_order_relaxed);
+  if (acquired_by_spinning([&] { return try_lock(lock); })) return;
+  const int rc = block(lock);
+  if (rc != 0) {
+    contenders.fetch_sub(1, std::memory_order_relaxed);
+    check(rc, what);
+  }
+}
+
 void unlock_and_leave(pthread_rwlock_t* lock) {
   pthread_rwlock_unlock(lock);
   contenders.fetch_sub(1, std::memory_order_relaxed);
@@ -85,14 +99,7 @@ AccessGuard::~AccessGuard() { pthread_rwlock_destroy(&lock_); }
 
 AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
-  if (locked_) {
-    contenders.fetch_add(1, std::memory_order_relaxed);
-    if (!acquired_by_spinning([&] { return pthread_rwlock_tryrdlock(&guard_.lock_); })) {
-      const int rc = pthread_rwlock_rdlock(&guard_.lock_);
-      if (rc != 0) contenders.fetch_sub(1, std::memory_order_relaxed);
-      check(rc, "read lock");
-    }
-  }
+  if (locked_) enter(&guard_.lock_, pthread_rwlock_tryrdlock, pthread_rwlock_rdlock, "read lock");
   const std::uint64_t before = guard_.state_.fetch_add(1, std::memory_order_acquire);
   if ((before & kWriter) != 0) {
     guard_.state_.fetch_sub(1, std::memory_order_release);
@@ -108,14 +115,7 @@ AccessGuard::Read::~Read() {
 
 AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
-  if (locked_) {
-    contenders.fetch_add(1, std::memory_order_relaxed);
-    if (!acquired_by_spinning([&] { return pthread_rwlock_trywrlock(&guard_.lock_); })) {
-      const int rc = pthread_rwlock_wrlock(&guard_.lock_);
-      if (rc != 0) contenders.fetch_sub(1, std::memory_order_relaxed);
-      check(rc, "write lock");
-    }
-  }
+  if (locked_) enter(&guard_.lock_, pthread_rwlock_trywrlock, pthread_rwlock_wrlock, "write lock");
   std::uint64_t expected = 0;
   if (!guard_.state_.compare_exchange_strong(expected, kWriter, std::memory_order_acquire,
                                              std::memory_order_relaxed)) {

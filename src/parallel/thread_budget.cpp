@@ -63,9 +63,12 @@ std::atomic<const void*> team_owner{nullptr};
 
 struct TeamOwnership {
   bool owner = false;
-  ~TeamOwnership() {
-    if (owner) team_owner.store(nullptr, std::memory_order_release);
+  void release() {
+    if (!owner) return;
+    owner = false;
+    team_owner.store(nullptr, std::memory_order_release);
   }
+  ~TeamOwnership() { release(); }
 };
 thread_local TeamOwnership this_thread_team;
 
@@ -104,11 +107,7 @@ std::size_t share_for(double flops) {
 
 bool owns_intra_op_team() { return this_thread_team.owner; }
 
-void release_intra_op_team() {
-  if (!this_thread_team.owner) return;
-  this_thread_team.owner = false;
-  team_owner.store(nullptr, std::memory_order_release);
-}
+void release_intra_op_team() { this_thread_team.release(); }
 
 ComputeScope::ComputeScope(double flops) {
   in_flight.fetch_add(1, std::memory_order_relaxed);
