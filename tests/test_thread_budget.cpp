@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <future>
@@ -171,6 +172,37 @@ TEST(ThreadBudget, OneThreadAtATimeOwnsTheIntraOpTeam) {
     EXPECT_FALSE(kortexdl::detail::owns_intra_op_team());
   });
   next.join();
+}
+
+TEST(ThreadBudget, ForkedChildOfATeamOwnerComputesInsteadOfHanging) {
+  // GNU OpenMP is not fork-safe: a thread that had a team in the parent
+  // waits forever in the child for pool threads the child does not have.
+  ASSERT_TRUE(kortexdl::detail::fork_handler_installed());
+  ThreadBudget budget(2);
+  kortexdl::detail::release_intra_op_team();
+  NetworkConfig config;
+  config.seed = 11;
+  Network net({64, 256, 10}, config);
+  const std::size_t batch = 512;  // enough work for a 2-thread team
+  const std::vector<float> x = kortex_test::normal_floats(batch * 64, 12);
+  const std::vector<float> t = kortex_test::normal_floats(batch * 10, 13);
+  net.train_batch(x, t, LossType::MSE, 0.01f, batch);
+  ASSERT_TRUE(kortexdl::detail::owns_intra_op_team()) << "this thread never opened a team; the test proves nothing";
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    alarm(60);  // a hang ends the child with SIGALRM instead of the suite
+    const float loss = net.train_batch(x, t, LossType::MSE, 0.01f, batch);
+    const std::vector<float> out = net.forward(x, batch);
+    _exit(std::isfinite(loss) && out.size() == batch * 10 ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was killed by signal " << WTERMSIG(status) << " (14: it hung)";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The parent keeps its team.
+  net.train_batch(x, t, LossType::MSE, 0.01f, batch);
+  EXPECT_TRUE(kortexdl::detail::owns_intra_op_team());
 }
 
 TEST(ThreadBudget, ComputeScopeSetsAndRestoresTheCallingThreadsTeamSize) {

@@ -1,6 +1,7 @@
 #include "thread_budget.hpp"
 
 #include <omp.h>
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -63,6 +64,11 @@ std::atomic<const void*> team_owner{nullptr};
 
 struct TeamOwnership {
   bool owner = false;
+  // This thread has a libgomp pool (it opened a team at some point).
+  bool opened_team = false;
+  // Forked child of a process in which this thread had a pool: libgomp would
+  // wait forever for the parent's pool threads, which the child does not have.
+  bool pool_lost_in_fork = false;
   void release() {
     if (!owner) return;
     owner = false;
@@ -73,14 +79,30 @@ struct TeamOwnership {
 thread_local TeamOwnership this_thread_team;
 
 bool may_use_team() {
-  if (this_thread_team.owner) return true;
-  const void* expected = nullptr;
-  if (team_owner.load(std::memory_order_relaxed) == nullptr &&
-      team_owner.compare_exchange_strong(expected, &this_thread_team, std::memory_order_acq_rel)) {
-    this_thread_team.owner = true;
+  if (this_thread_team.pool_lost_in_fork) return false;
+  if (!this_thread_team.owner) {
+    const void* expected = nullptr;
+    if (team_owner.load(std::memory_order_relaxed) == nullptr &&
+        team_owner.compare_exchange_strong(expected, &this_thread_team, std::memory_order_acq_rel)) {
+      this_thread_team.owner = true;
+    }
   }
+  if (this_thread_team.owner) this_thread_team.opened_team = true;
   return this_thread_team.owner;
 }
+
+// In a forked child only the forking thread exists. GNU OpenMP is not
+// fork-safe: a thread that had a pool in the parent hangs at its next
+// parallel region (measured: a Python child of a parent that trained once
+// hung in train_batch). So that thread computes single-threaded from now
+// on; a forking thread without a pool may still become the owner.
+void after_fork_in_child() {
+  team_owner.store(nullptr, std::memory_order_relaxed);
+  this_thread_team.owner = false;
+  if (this_thread_team.opened_team) this_thread_team.pool_lost_in_fork = true;
+}
+
+const bool fork_handler_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0;
 
 }  // namespace
 
@@ -108,6 +130,8 @@ std::size_t share_for(double flops) {
 bool owns_intra_op_team() { return this_thread_team.owner; }
 
 void release_intra_op_team() { this_thread_team.release(); }
+
+bool fork_handler_installed() { return fork_handler_registered; }
 
 ComputeScope::ComputeScope(double flops) {
   in_flight.fetch_add(1, std::memory_order_relaxed);

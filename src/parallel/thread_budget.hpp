@@ -33,5 +33,8 @@ std::size_t share_for(double flops);
 // lives (tests; a thread that stops computing for good).
 bool owns_intra_op_team();
 void release_intra_op_team();
+// Whether the fork handler that keeps forked children from hanging in
+// libgomp is installed (it is registered when the library loads).
+bool fork_handler_installed();
 
 }  // namespace kortexdl::detail
