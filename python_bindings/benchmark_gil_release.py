@@ -32,7 +32,7 @@ thread counts and operations in PyTorch, with its intra-op threads set to 1
 and to all cores, and reports KortexDL/PyTorch throughput ratios against the
 faster of the two. Each library runs in a worker process of its own, with
 the environment this script was started with: `import kortexdl` sets
-GOMP_SPINCOUNT=3000 for libgomp (unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is
+GOMP_SPINCOUNT=1000 for libgomp (unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is
 set), PyTorch uses the same libgomp with its defaults, and whichever library
 loads libgomp first in a process would decide for both. The workers take
 turns (never both at once) and the order of the variants rotates per repeat.
@@ -241,7 +241,7 @@ class KortexBackend:
             "version": kortexdl.__version__,
             "backend": kortexdl.backend_name(),
             "default_threads": kortexdl.get_num_threads(),
-            "libgomp_spin": "as set by the user" if user_policy else "GOMP_SPINCOUNT=3000 (set by import kortexdl)",
+            "libgomp_spin": "as set by the user" if user_policy else "GOMP_SPINCOUNT=1000 (set by import kortexdl)",
             "thread_safety": thread_safety,
             "numpy": np.__version__,
             "built": built_files(),  # which build is measured (HEAD may be newer)

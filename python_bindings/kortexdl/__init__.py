@@ -27,17 +27,14 @@ def _short_openmp_spin():
     2-thread team fell from ~12000 to ~80 calls/s on a 2-core machine with two
     busy processes. A purely passive policy avoids that but pays a futex wake
     for every barrier (~6000 calls/s even on an idle machine). A short spin
-    measured best in both cases: GOMP_SPINCOUNT=1000 gave ~11000 idle and
-    ~5000 busy; once only one thread owns an OpenMP team (thread_budget.cpp)
-    3000 gave ~15000 idle and ~7000 with two busy processes, and halved the
-    time of a Fashion-MNIST fit epoch on an idle machine (one busy process:
-    ~25% slower than 1000). libgomp reads its settings when it is loaded, i.e. while ._core is
+    (GOMP_SPINCOUNT=1000) measured best in both cases (~11000 idle, ~5000
+    busy). libgomp reads its settings when it is loaded, i.e. while ._core is
     imported, so the variable is set for that import only; a setting of the
     user's own (OMP_WAIT_POLICY or GOMP_SPINCOUNT) is left alone, as is a
     libgomp that another module loaded first."""
     if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
         return False
-    _os.environ["GOMP_SPINCOUNT"] = "3000"
+    _os.environ["GOMP_SPINCOUNT"] = "1000"
     return True
 
 
