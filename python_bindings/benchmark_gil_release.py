@@ -1214,7 +1214,9 @@ def print_report(result, configs, ops, batches, threads, cores, variants):
         print("Sequential calls from one thread while another thread, which made the same call before, sits idle "
               "(a thread pool used one call at a time). libgomp keeps every thread's team until the thread exits; "
               "with more libgomp threads than CPUs it cuts its spin-wait to <= 100 iterations, so each parallel "
-              "region then wakes its team through the kernel.\n")
+              "region then wakes its team through the kernel. KortexDL therefore lets one thread at a time own "
+              "the team (docs/CONCURRENCY.md): here the idle thread owns it and the caller runs on one core, so "
+              "this column shows a single-threaded caller, not a throttled team.\n")
         print("| config | op | batch | alone us/call | beside an idle team us/call | slowdown |")
         print("|:---|:---|---:|---:|---:|---:|")
         for row in idle:
