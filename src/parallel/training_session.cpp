@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <exception>
 #include <cmath>
 #include <string>
@@ -12,7 +13,6 @@
 #include "kortexdl/threading.hpp"
 #include "optimizer_update.hpp"
 #include "parallel/node_workers.hpp"
-#include "parallel/step_barrier.hpp"
 #include "parallel/thread_budget.hpp"
 
 namespace kortexdl::detail {
@@ -87,7 +87,7 @@ class DataParallelTrainer {
  public:
   DataParallelTrainer(NetworkState& state, const NumaTopology& topology)
       : state_(state), topology_(topology), workers_(topology, teams_for(topology)),
-        replicas_(topology.nodes.size()), barrier_(topology.nodes.size()) {
+        replicas_(topology.nodes.size()), barrier_(static_cast<std::ptrdiff_t>(topology.nodes.size())) {
     const std::size_t count = state.arch.parameter_count;
     reduced_.resize(count);
     // Segment k of the averaged gradient is summed by node k, in whole
@@ -214,7 +214,7 @@ class DataParallelTrainer {
   std::vector<Replica> replicas_;
   std::vector<float> reduced_;
   std::vector<std::size_t> segments_;
-  StepBarrier barrier_;
+  std::barrier<> barrier_;
 };
 
 TrainingSession::TrainingSession(NetworkState& state, const NumaTopology& topology, bool lock, const char* operation,
