@@ -1,5 +1,7 @@
 """Shared fixtures for the kortexdl test suite."""
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,19 @@ def single_thread():
         yield
     finally:
         kortexdl.set_num_threads(previous)
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own SIGINT handler for the test, whatever the process
+    inherited: a job started in the background by a non-interactive shell
+    (as CI scripts often are) starts with SIGINT ignored, Python then
+    installs no handler, and _thread.interrupt_main() does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

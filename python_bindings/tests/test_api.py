@@ -445,7 +445,7 @@ def test_numerical_error_keeps_parameters():
 # Ctrl-C
 
 
-def test_keyboard_interrupt_stops_train_parallel_numa(rng):
+def test_keyboard_interrupt_stops_train_parallel_numa(rng, ctrl_c):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are only handled on the main thread")
     net = kortexdl.Network([64, 256, 256, 8], seed=1)
@@ -473,7 +473,7 @@ def test_keyboard_interrupt_stops_train_parallel_numa(rng):
     assert math.isfinite(net.train_parallel_numa(x[:256], y[:256], MSE, 1e-3, batch_size=64))
 
 
-def test_keyboard_interrupt_with_thread_safety_and_nodes(rng):
+def test_keyboard_interrupt_with_thread_safety_and_nodes(rng, ctrl_c):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are only handled on the main thread")
     net = kortexdl.Network([64, 128, 8], seed=1)
@@ -613,7 +613,7 @@ def test_fit_errors_name_the_argument(classification):
     assert net.version == 0
 
 
-def test_fit_keyboard_interrupt(classification):
+def test_fit_keyboard_interrupt(classification, ctrl_c):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are only handled on the main thread")
     x, labels = classification
