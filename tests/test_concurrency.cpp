@@ -31,6 +31,7 @@ using kortexdl::LossType;
 using kortexdl::Network;
 using kortexdl::NetworkConfig;
 using kortexdl::OptimizerConfig;
+using kortex_test::Failures;
 using kortex_test::ThreadBudget;
 using kortex_test::TimedLatch;
 using Bits = std::vector<std::uint32_t>;
@@ -60,32 +61,6 @@ NetworkConfig tanh_config(std::uint64_t seed, OptimizerConfig optimizer = Optimi
   config.seed = seed;
   return config;
 }
-
-// Collects failures from worker threads (gtest assertions are only reliable
-// on the main thread for fatal failures; we report everything from there).
-class Failures {
- public:
-  void add(std::string what) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (list_.size() < 20) list_.push_back(std::move(what));
-    ++count_;
-  }
-  std::size_t count() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return count_;
-  }
-  std::string summary() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::string s;
-    for (const auto& f : list_) s += f + "\n";
-    return s;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<std::string> list_;
-  std::size_t count_ = 0;
-};
 
 void join_all(std::vector<std::thread>& threads) {
   for (auto& t : threads) t.join();

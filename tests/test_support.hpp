@@ -18,6 +18,32 @@
 
 namespace kortex_test {
 
+// Failures collected on worker threads, reported from the main thread (a
+// gtest assertion on another thread cannot stop the test).
+class Failures {
+ public:
+  void add(std::string what) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (list_.size() < 20) list_.push_back(std::move(what));
+    ++count_;
+  }
+  std::size_t count() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return count_;
+  }
+  std::string summary() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::string s;
+    for (const auto& f : list_) s += f + "\n";
+    return s;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<std::string> list_;
+  std::size_t count_ = 0;
+};
+
 // Sets the process-wide thread budget for one test and restores the default
 // (set_num_threads(0)) afterwards, even when an assertion fails.
 class ThreadBudget {

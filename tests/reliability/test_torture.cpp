@@ -59,7 +59,7 @@ using kortexdl::NetworkConfig;
 using kortexdl::OptimizerConfig;
 using Bits = std::vector<std::uint32_t>;
 using kortex_reliability::env_size;
-using kortex_reliability::Failures;
+using kortex_test::Failures;
 using kortex_reliability::resident_bytes;
 using kortex_reliability::under_sanitizer;
 
