@@ -1271,6 +1271,24 @@ def print_report(result, configs, ops, batches, threads, cores, variants):
 # Plot
 
 
+def thread_axis(ax, threads):
+    """x axis: the thread counts, on a log2 scale."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(threads)
+    ax.set_xticklabels([str(t) for t in threads])
+
+
+def finish_figure(plt, fig, axes, legend_columns, title, legend_height, path):
+    """One legend for the whole figure (from the first panel), the title, and the file."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, legend_height, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"# plot written to {path}")
+
+
 def plot(result, path, configs, ops, batches, threads, cores, variants, plot_batch):
     import matplotlib
 
@@ -1308,9 +1326,7 @@ def plot(result, path, configs, ops, batches, threads, cores, variants, plot_bat
                 if tid in ids and op in ("forward", "train"):
                     ax.plot(ts, [p["variants"][tid]["speedup"]["median"] for p in ps], marker="x", ls="--",
                             color=colors[op], alpha=0.7, label=f"PyTorch {op} (dashed)")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(threads)
-            ax.set_xticklabels([str(t) for t in threads])
+            thread_axis(ax, threads)
             ax.set_ylim(0, max(max(ideal) + 0.5, 2.5))
             ax.grid(alpha=0.3)
             tthreads = torch_for[vid][5:].replace("N", str(cores))
@@ -1321,13 +1337,7 @@ def plot(result, path, configs, ops, batches, threads, cores, variants, plot_bat
                 ax.set_ylabel("speedup (N calls: sequential / T threads)")
             if r == len(rows) - 1:
                 ax.set_xlabel("Python threads T")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle(f"KortexDL thread scaling, {result['date']}, {cores} cores", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"# plot written to {path}")
+    finish_figure(plt, fig, axes, 5, f"KortexDL thread scaling, {result['date']}, {cores} cores", 0.07, path)
 
     # Companion: absolute throughput (GFLOP/s) against PyTorch, the comparison that matters on few cores.
     stem, ext = os.path.splitext(path)
@@ -1349,9 +1359,7 @@ def plot(result, path, configs, ops, batches, threads, cores, variants, plot_bat
                 color, ls, m = styles[vid]
                 ax.plot([p["threads"] for p in ps], [p["variants"][vid]["gflops"]["median"] for p in ps], color=color,
                         ls=ls, marker=m, label=names[vid])
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(threads)
-            ax.set_xticklabels([str(t) for t in threads])
+            thread_axis(ax, threads)
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             ax.set_title(f"{op}, {config}, batch {plot_batch}", fontsize=9)
@@ -1359,13 +1367,8 @@ def plot(result, path, configs, ops, batches, threads, cores, variants, plot_bat
                 ax.set_ylabel("GFLOP/s, all threads together")
             if r == len(plot_ops) - 1:
                 ax.set_xlabel("Python threads T")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(f"Throughput of T Python threads sharing one network, {result['date']}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    fig.savefig(path2, dpi=110)
-    plt.close(fig)
-    print(f"# plot written to {path2}")
+    finish_figure(plt, fig, axes, 4, f"Throughput of T Python threads sharing one network, {result['date']}", 0.06,
+                  path2)
 
 
 def report_from_json(args):
