@@ -1,7 +1,5 @@
 #include "access_guard.hpp"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -12,6 +10,7 @@
 #endif
 
 #include "kortexdl/error.hpp"
+#include "parallel/affinity.hpp"
 
 namespace kortexdl::detail {
 
@@ -38,11 +37,7 @@ void check(int rc, const char* what) {
 constexpr auto kLockSpin = std::chrono::microseconds(200);
 
 int usable_cpus() {
-  static const int cpus = [] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
-  }();
+  static const int cpus = std::max(1, static_cast<int>(allowed_cpus().size()));
   return cpus;
 }
 
