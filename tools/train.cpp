@@ -24,7 +24,10 @@ extern "C" void on_sigint(int) { g_interrupted = 1; }
 
 // Installs the handler for the lifetime of the object. SA_RESETHAND puts
 // the default action back after the first signal, so a second Ctrl-C
-// kills a run that does not reach a batch boundary soon enough.
+// kills a run that does not reach a batch boundary soon enough. SA_ONSTACK:
+// the library gives computing threads an alternate signal stack, and a
+// handler on the interrupted stack could write into the heap while a GEMM
+// kernel runs (src/parallel/signal_safety.hpp).
 class SigintGuard {
  public:
   SigintGuard() {
@@ -32,7 +35,7 @@ class SigintGuard {
     struct sigaction action {};
     action.sa_handler = on_sigint;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESETHAND;
+    action.sa_flags = SA_RESETHAND | SA_ONSTACK;
     sigaction(SIGINT, &action, &previous_);
   }
   ~SigintGuard() { sigaction(SIGINT, &previous_, nullptr); }

@@ -2,6 +2,12 @@
 // The intra-op thread budget shared by every call in the process. One caller
 // gets the whole budget; K concurrent callers get about budget/K threads each,
 // so many application threads never oversubscribe the cores.
+//
+// Signals: install your handlers with SA_ONSTACK. Computing threads get an
+// alternate signal stack, and a handler that runs on the interrupted stack
+// inside oneDNN's GEMM kernel would write into heap memory (multi-threaded
+// calls hold signals back, single-threaded calls do not; docs/CONCURRENCY.md,
+// "Signals").
 #include <cstddef>
 
 namespace kortexdl {

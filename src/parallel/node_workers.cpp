@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include "parallel/affinity.hpp"
+#include "parallel/signal_safety.hpp"
 
 namespace kortexdl::detail {
 
@@ -48,6 +49,8 @@ void NodeWorkers::run(const std::function<void(std::size_t)>& task) {
 }
 
 void NodeWorkers::loop(std::size_t k, std::vector<int> cpus, std::size_t team) {
+  // A worker only computes; its OpenMP pool inherits the mask.
+  block_asynchronous_signals_for_good();
   pinned_[k] = pin_current_thread(cpus) ? 1 : 0;
   cpus_[k] = current_thread_cpus();
   // Threads of this worker's OpenMP team inherit its (pinned) affinity.

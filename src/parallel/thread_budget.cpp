@@ -134,9 +134,13 @@ void release_intra_op_team() { this_thread_team.release(); }
 bool fork_handler_installed() { return fork_handler_registered; }
 
 ComputeScope::ComputeScope(double flops) {
+  ensure_alternate_signal_stack();
   in_flight.fetch_add(1, std::memory_order_relaxed);
   threads_ = share_for(flops);
   if (threads_ > 1 && !may_use_team()) threads_ = 1;
+  // Before the first parallel region: pool threads libgomp starts during
+  // this call inherit the mask and never run a handler.
+  if (threads_ > 1) signals_held_.emplace();
   previous_ = omp_get_max_threads();
   if (previous_ != static_cast<int>(threads_)) omp_set_num_threads(static_cast<int>(threads_));
 }

@@ -1,6 +1,9 @@
 #pragma once
 // Shares the process-wide intra-op thread budget between concurrent calls.
 #include <cstddef>
+#include <optional>
+
+#include "parallel/signal_safety.hpp"
 
 namespace kortexdl::detail {
 
@@ -10,7 +13,10 @@ inline constexpr double kMinFlopsPerExtraThread = 4.0e6;
 // RAII for one compute call: counts the call as in flight and sets the
 // calling thread's OpenMP team size to its share of the budget (OpenMP's
 // thread count is a per-thread setting, so it is set on every call), then
-// restores the previous setting.
+// restores the previous setting. It also keeps signal handlers off the
+// heap while oneDNN's GEMM runs (signal_safety.hpp): the thread gets an
+// alternate signal stack, and a multi-threaded call holds asynchronous
+// signals back until it returns.
 class ComputeScope {
  public:
   // flops: an estimate of the call's work; small calls run on one thread.
@@ -23,6 +29,7 @@ class ComputeScope {
  private:
   std::size_t threads_ = 1;
   int previous_ = 1;
+  std::optional<AsynchronousSignalsBlocked> signals_held_;
 };
 
 // Threads the caller may use for a region of `flops` work right now.
