@@ -150,7 +150,8 @@ void replay_forward(Phases& ph, const detail::Architecture& arch, const float* p
   ph.mark([&] { return std::string("ComputeScope exit + workspace release"); });
 }
 
-// One training step, as train_impl + gradient_rows + apply_update do it.
+// One training step, as train_impl + gradient_rows + apply_update do it (at
+// batch 1: OneRowGradient + checked_one_row_update).
 void replay_train(Phases& ph, const detail::Architecture& arch, const kortexdl::OptimizerConfig& opt,
                   kortexdl::Network::OptimizerState& opt_state, float* params, std::span<const float> inputs,
                   const kortexdl::Targets& targets, std::size_t rows, float lr) {
@@ -162,7 +163,17 @@ void replay_train(Phases& ph, const detail::Architecture& arch, const kortexdl::
   ph.mark([&] { return std::string("argument checks + check_targets"); });
   detail::check_finite(inputs, "inputs");
   ph.mark([&] { return std::string("check_finite(inputs)"); });
-  {
+  if (rows == 1) {
+    // One row: the gradient stays in factors (engine.hpp, OneRowGradient).
+    detail::ComputeScope scope(arch.training_flops(rows));
+    ph.mark([&] { return std::string("ComputeScope enter (omp_set_num_threads)"); });
+    detail::OneRowGradient gradient(arch);
+    ph.mark([&] { return std::string("workspace"); });
+    const detail::LossSums sums = gradient.compute(params, inputs.data(), target_rows, LossType::CrossEntropy, 1.0f);
+    ph.mark([&] { return std::string("forward + deltas (OneRowGradient::compute)"); });
+    detail::checked_one_row_update("train_batch", sums.loss, opt, arch, params, gradient, lr, opt_state);
+    ph.mark([&] { return std::string("check + update from factors (checked_one_row_update)"); });
+  } else {
     detail::ComputeScope scope(arch.training_flops(rows));
     ph.mark([&] { return std::string("ComputeScope enter (omp_set_num_threads)"); });
     auto glease = detail::Workspace::local().acquire(arch.parameter_count);

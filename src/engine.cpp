@@ -173,64 +173,90 @@ LossSums loss_rows_split(const Architecture& arch, const float* params, const fl
   return total;
 }
 
-LossSums gradient_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
-                       std::size_t rows, LossType loss, float grad_scale, float* grad) {
-  const std::size_t n_layers = arch.layers.size();
-  const bool keep_hidden_pre = arch.hidden_activation == Activation::GELU;
-  const bool keep_output_pre = !loss_on_logits(loss) && arch.output_activation == Activation::GELU;
-  const std::size_t out_cols = arch.outputs();
+namespace {
 
-  // Scratch: every hidden activation (and pre-activation for GELU), the
-  // output values, and two delta buffers as wide as the widest layer.
+bool keeps_hidden_pre(const Architecture& arch) { return arch.hidden_activation == Activation::GELU; }
+bool keeps_output_pre(const Architecture& arch, LossType loss) {
+  return !loss_on_logits(loss) && arch.output_activation == Activation::GELU;
+}
+
+// Scratch for forward_keeping: every hidden activation (and pre-activation
+// for GELU) and the output values.
+std::size_t kept_forward_floats(const Architecture& arch, std::size_t rows, LossType loss) {
   std::size_t total = 0;
-  for (std::size_t l = 0; l + 1 < n_layers; ++l) {
+  for (std::size_t l = 0; l + 1 < arch.layers.size(); ++l) {
     const std::size_t floats = scratch_rows(rows, arch.layers[l].outputs);
-    total = checked_add(total, Workspace::padded_floats(floats) * (keep_hidden_pre ? 2 : 1), "scratch");
+    total = checked_add(total, Workspace::padded_floats(floats) * (keeps_hidden_pre(arch) ? 2 : 1), "scratch");
   }
-  const std::size_t final_floats = scratch_rows(rows, out_cols);
-  const std::size_t delta_floats = scratch_rows(rows, arch.max_width);
-  total = checked_add(total, Workspace::padded_floats(final_floats) * (keep_output_pre ? 2 : 1), "scratch");
-  total = checked_add(total, 2 * Workspace::padded_floats(delta_floats), "scratch");
-  auto lease = Workspace::local().acquire(total);
+  const std::size_t final_floats = scratch_rows(rows, arch.outputs());
+  return checked_add(total, Workspace::padded_floats(final_floats) * (keeps_output_pre(arch, loss) ? 2 : 1),
+                     "scratch");
+}
 
-  // Forward, keeping what the backward pass needs. Layer-indexed arrays of
-  // pointers live on the stack for typical depths.
-  constexpr std::size_t kInline = 16;
-  const float* inline_acts[kInline];
-  const float* inline_pres[kInline];
-  std::vector<const float*> heap_acts, heap_pres;
-  const float** acts = inline_acts;  // acts[l]: input of layer l
-  const float** pres = inline_pres;  // pres[l]: pre-activation of layer l's output (GELU only)
-  if (n_layers + 1 > kInline) {
-    heap_acts.resize(n_layers + 1);
-    heap_pres.resize(n_layers + 1);
-    acts = heap_acts.data();
-    pres = heap_pres.data();
-  }
+struct KeptOutput {
+  float* values;
+  float* pre;  // GELU pre-activation when the loss works on outputs, else null
+};
+
+// Forward pass keeping what backpropagation needs: acts[l] is layer l's
+// input (acts[0] = inputs) and pres[l] its GELU pre-activation.
+KeptOutput forward_keeping(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                           LossType loss, Workspace::Lease& lease, LayerPointers& acts, LayerPointers& pres) {
+  const std::size_t n_layers = arch.layers.size();
   acts[0] = inputs;
   for (std::size_t l = 0; l + 1 < n_layers; ++l) {
     const LayerLayout& layer = arch.layers[l];
     float* a = lease.take(rows * layer.outputs);
-    float* z = keep_hidden_pre ? lease.take(rows * layer.outputs) : nullptr;
+    float* z = keeps_hidden_pre(arch) ? lease.take(rows * layer.outputs) : nullptr;
     dense(layer, params, acts[l], rows, a);
     backend::bias_activation(arch.hidden_activation, a, params + layer.biases_offset, rows, layer.outputs, z);
     acts[l + 1] = a;
     pres[l + 1] = z;
   }
   const LayerLayout& out = arch.layers.back();
-  float* final_values = lease.take(final_floats);
-  float* final_pre = keep_output_pre ? lease.take(final_floats) : nullptr;
-  dense(out, params, acts[n_layers - 1], rows, final_values);
-  backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, final_values,
-                           params + out.biases_offset, rows, out.outputs, final_pre);
+  KeptOutput kept{lease.take(rows * out.outputs), keeps_output_pre(arch, loss) ? lease.take(rows * out.outputs) : nullptr};
+  dense(out, params, acts[n_layers - 1], rows, kept.values);
+  backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, kept.values,
+                           params + out.biases_offset, rows, out.outputs, kept.pre);
+  return kept;
+}
+
+// The loss sums and the output layer's delta.
+LossSums output_delta(const Architecture& arch, const KeptOutput& kept, TargetRows targets, std::size_t rows,
+                      LossType loss, float grad_scale, float* delta) {
+  const LossSums sums = output_loss(arch, kept.values, targets, rows, loss, grad_scale, delta);
+  if (!loss_on_logits(loss)) {
+    backend::activation_backward(arch.output_activation, delta, kept.values, kept.pre, rows, arch.outputs());
+  }
+  return sums;
+}
+
+// delta_prev = (delta W^T) * f'(z_prev): layer l's delta carried to layer
+// l - 1 (l > 0).
+void delta_to_previous(const Architecture& arch, const float* params, std::size_t l, const float* delta,
+                       std::size_t rows, const LayerPointers& acts, const LayerPointers& pres, float* delta_prev) {
+  const LayerLayout& layer = arch.layers[l];
+  backend::sgemm(false, true, rows, layer.inputs, layer.outputs, 1.0f, delta, layer.outputs,
+                 params + layer.weights_offset, layer.outputs, 0.0f, delta_prev, layer.inputs);
+  backend::activation_backward(arch.hidden_activation, delta_prev, acts[l], pres[l], rows, layer.inputs);
+}
+
+}  // namespace
+
+LossSums gradient_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
+                       std::size_t rows, LossType loss, float grad_scale, float* grad) {
+  const std::size_t n_layers = arch.layers.size();
+  const std::size_t delta_floats = scratch_rows(rows, arch.max_width);
+  const std::size_t total = checked_add(kept_forward_floats(arch, rows, loss),
+                                        2 * Workspace::padded_floats(delta_floats), "scratch");
+  auto lease = Workspace::local().acquire(total);
+  LayerPointers acts(n_layers + 1);
+  LayerPointers pres(n_layers + 1);
+  const KeptOutput kept = forward_keeping(arch, params, inputs, rows, loss, lease, acts, pres);
 
   float* delta = lease.take(delta_floats);
   float* delta_prev = lease.take(delta_floats);
-  const LossSums sums = output_loss(arch, final_values, targets, rows, loss, grad_scale, delta);
-  if (!loss_on_logits(loss)) {
-    backend::activation_backward(arch.output_activation, delta, final_values, final_pre, rows, out_cols);
-  }
-
+  const LossSums sums = output_delta(arch, kept, targets, rows, loss, grad_scale, delta);
   for (std::size_t l = n_layers; l-- > 0;) {
     const LayerLayout& layer = arch.layers[l];
     // dW = a_prev^T delta, db = column sums of delta.
@@ -238,13 +264,60 @@ LossSums gradient_rows(const Architecture& arch, const float* params, const floa
                    0.0f, grad + layer.weights_offset, layer.outputs);
     backend::column_sums(delta, rows, layer.outputs, grad + layer.biases_offset);
     if (l == 0) break;
-    // delta_prev = (delta W^T) * f'(z_prev)
-    backend::sgemm(false, true, rows, layer.inputs, layer.outputs, 1.0f, delta, layer.outputs,
-                   params + layer.weights_offset, layer.outputs, 0.0f, delta_prev, layer.inputs);
-    backend::activation_backward(arch.hidden_activation, delta_prev, acts[l], pres[l], rows, layer.inputs);
+    delta_to_previous(arch, params, l, delta, rows, acts, pres, delta_prev);
     std::swap(delta, delta_prev);
   }
   return sums;
+}
+
+namespace {
+
+std::size_t one_row_floats(const Architecture& arch, LossType loss) {
+  std::size_t total = kept_forward_floats(arch, 1, loss);
+  for (const LayerLayout& layer : arch.layers) {
+    total = checked_add(total, Workspace::padded_floats(layer.outputs), "scratch");
+  }
+  return total;
+}
+
+}  // namespace
+
+OneRowGradient::OneRowGradient(const Architecture& arch)
+    : arch_(arch),
+      // Sized for the lossiest case (GELU output kept), so construction does
+      // not depend on the loss.
+      lease_(Workspace::local().acquire(one_row_floats(arch, LossType::MSE))),
+      inputs_(arch.layers.size() + 1),
+      deltas_(arch.layers.size()) {}
+
+LossSums OneRowGradient::compute(const float* params, const float* inputs, TargetRows targets, LossType loss,
+                                 float grad_scale) {
+  const std::size_t n_layers = arch_.layers.size();
+  LayerPointers pres(n_layers + 1);
+  const KeptOutput kept = forward_keeping(arch_, params, inputs, 1, loss, lease_, inputs_, pres);
+  float* delta = lease_.take(arch_.outputs());
+  const LossSums sums = output_delta(arch_, kept, targets, 1, loss, grad_scale, delta);
+  deltas_[n_layers - 1] = delta;
+  for (std::size_t l = n_layers - 1; l > 0; --l) {
+    float* delta_prev = lease_.take(arch_.layers[l].inputs);
+    delta_to_previous(arch_, params, l, delta, 1, inputs_, pres, delta_prev);
+    deltas_[l - 1] = delta_prev;
+    delta = delta_prev;
+  }
+  return sums;
+}
+
+void OneRowGradient::expand(float* grad) const {
+  for (std::size_t l = 0; l < arch_.layers.size(); ++l) {
+    const LayerLayout& layer = arch_.layers[l];
+    const float* a = inputs_[l];
+    const float* d = deltas_[l];
+    for (std::size_t j = 0; j < layer.inputs; ++j) {
+      float* row = grad + layer.weights_offset + j * layer.outputs;
+      for (std::size_t i = 0; i < layer.outputs; ++i) row[i] = a[j] * d[i];
+    }
+    std::copy_n(d, layer.outputs, grad + layer.biases_offset);
+  }
 }
 
 }  // namespace kortexdl::detail

@@ -7,9 +7,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <vector>
+
 #include "architecture.hpp"
 #include "kortexdl/evaluation.hpp"
 #include "kortexdl/loss.hpp"
+#include "workspace.hpp"
 
 namespace kortexdl::detail {
 
@@ -60,5 +63,45 @@ LossSums loss_rows(const Architecture& arch, const float* params, const float* i
 // the gradient of its mean loss.
 LossSums gradient_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
                        std::size_t rows, LossType loss, float grad_scale, float* grad);
+
+// One pointer per layer (or per layer boundary): on the stack for typical
+// depths, so a call allocates nothing.
+class LayerPointers {
+ public:
+  explicit LayerPointers(std::size_t count) : heap_(count > kInline ? count : 0) {}
+  const float*& operator[](std::size_t l) { return heap_.empty() ? inline_[l] : heap_[l]; }
+  const float* operator[](std::size_t l) const { return heap_.empty() ? inline_[l] : heap_[l]; }
+
+ private:
+  static constexpr std::size_t kInline = 17;
+  const float* inline_[kInline] = {};
+  std::vector<const float*> heap_;
+};
+
+// The gradient of a one-row step, kept as factors: layer l's weight gradient
+// is the outer product input(l) x delta(l) (inputs x outputs, the weights'
+// layout) and its bias gradient is delta(l). Written out, that outer product
+// is a full parameter-sized buffer that the finite check and the update read
+// back: three passes over the parameters' bytes, at batch 1 more than half of
+// a large network's step. The one-row update (apply_one_row_update) forms
+// each row of it in L1 instead. Scratch stays leased while the object lives.
+class OneRowGradient {
+ public:
+  explicit OneRowGradient(const Architecture& arch);
+  // The same loss sums and, expanded, the same gradient as gradient_rows
+  // for one row.
+  LossSums compute(const float* params, const float* inputs, TargetRows targets, LossType loss, float grad_scale);
+  const float* input(std::size_t layer) const { return inputs_[layer]; }
+  const float* delta(std::size_t layer) const { return deltas_[layer]; }
+  // Writes the gradient out in gradient_rows' layout (for the rare steps
+  // that need the full check).
+  void expand(float* grad) const;
+
+ private:
+  const Architecture& arch_;
+  Workspace::Lease lease_;
+  LayerPointers inputs_;  // inputs_[l]: layer l's input row
+  LayerPointers deltas_;  // deltas_[l]: d(loss)/d(layer l's pre-activation), times grad_scale
+};
 
 }  // namespace kortexdl::detail

@@ -170,32 +170,46 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   detail::check_finite(inputs, "inputs");
 
   ComputeScope scope(s.arch.training_work(batch_size));
+  const float scale = 1.0f / static_cast<float>(batch_size);
+  auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
+  // Locked, the gradients are a read and only the update is exclusive;
+  // unlocked, the whole step is one write.
+  auto step = [&](auto compute_gradients, auto checked_update) {
+    detail::LossSums sums;
+    if (lock) {
+      {
+        AccessGuard::Read access(s.guard, true, operation);
+        sums = compute_gradients();
+      }
+      AccessGuard::Write access(s.guard, true, operation);
+      checked_update(mean_of(sums));
+      s.published_write();
+    } else {
+      AccessGuard::Write access(s.guard, false, operation);
+      sums = compute_gradients();
+      checked_update(mean_of(sums));
+      s.published_write();
+    }
+    return static_cast<float>(mean_of(sums));
+  };
+
+  if (batch_size == 1) {
+    detail::OneRowGradient gradient(s.arch);
+    return step([&] { return gradient.compute(s.params.data(), inputs.data(), rows, loss, scale); },
+                [&](double mean_loss) {
+                  detail::checked_one_row_update(operation, mean_loss, s.config.optimizer, s.arch, s.params.data(),
+                                                 gradient, learning_rate, s.optimizer);
+                });
+  }
   auto lease = detail::Workspace::local().acquire(s.arch.parameter_count);
   float* grad = lease.take(s.arch.parameter_count);
-  const float scale = 1.0f / static_cast<float>(batch_size);
-
-  auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
-
-  if (lock) {
-    detail::LossSums sums;
-    {
-      AccessGuard::Read access(s.guard, true, operation);
-      sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
-    }
-    AccessGuard::Write access(s.guard, true, operation);
-    detail::check_step_is_finite(operation, mean_of(sums), s.config.optimizer, s.arch, s.params.data(), grad,
-                                 learning_rate, s.optimizer);
-    detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
-    s.published_write();
-    return static_cast<float>(mean_of(sums));
-  }
-  AccessGuard::Write access(s.guard, false, operation);
-  const auto sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
-  detail::check_step_is_finite(operation, mean_of(sums), s.config.optimizer, s.arch, s.params.data(), grad,
-                               learning_rate, s.optimizer);
-  detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
-  s.published_write();
-  return static_cast<float>(mean_of(sums));
+  return step(
+      [&] { return detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad); },
+      [&](double mean_loss) {
+        detail::check_step_is_finite(operation, mean_loss, s.config.optimizer, s.arch, s.params.data(), grad,
+                                     learning_rate, s.optimizer);
+        detail::apply_update(s.config.optimizer, s.arch, s.params.data(), grad, learning_rate, s.optimizer);
+      });
 }
 
 Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, const Targets& targets, LossType loss,

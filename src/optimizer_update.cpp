@@ -87,6 +87,18 @@ KORTEX_KERNEL std::uint32_t max_abs_bits(const float* g, std::size_t n) {
 
 constexpr std::uint32_t kInfinityBits = 0x7f800000u;
 
+float float_of_bits(std::uint32_t bits) {
+  float value = 0.0f;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// Far from overflow the update cannot leave the float range; near it only a
+// dry run of the update can tell.
+bool update_plainly_finite(float largest_gradient, float learning_rate) {
+  return static_cast<double>(largest_gradient) * learning_rate < 1e30 && largest_gradient < 1e18f;
+}
+
 // The step's result, computed and checked but not stored.
 bool dry_run_is_finite(const OptimizerConfig& config, const Architecture& arch, const float* params,
                        const float* grad, float learning_rate, const Network::OptimizerState& state, float step_size,
@@ -157,11 +169,8 @@ void check_step_is_finite(const char* operation, double mean_loss, const Optimiz
                          ": the gradient overflowed (it has non-finite values), so the step was not applied (the "
                          "parameters are unchanged); lower the learning rate or check the inputs' scale");
   }
-  float largest_gradient = 0.0f;
-  std::memcpy(&largest_gradient, &largest, sizeof(largest_gradient));
-  // Far from overflow the update cannot leave the float range; near it, prove
-  // it by computing the step without storing it.
-  if (static_cast<double>(largest_gradient) * learning_rate < 1e30 && largest_gradient < 1e18f) return;
+  const float largest_gradient = float_of_bits(largest);
+  if (update_plainly_finite(largest_gradient, learning_rate)) return;
   const AdamScalars adam = adam_scalars(config, learning_rate, state.step + 1);
   if (!dry_run_is_finite(config, arch, params, grad, learning_rate, state, adam.step_size, adam.inv_sqrt_bc2)) {
     throw NumericalError(std::string(operation) + ": this step would make parameters overflow (learning rate " +
@@ -207,37 +216,70 @@ Network::OptimizerState make_optimizer_state(const OptimizerConfig& config, std:
   return state;
 }
 
-void apply_update(const OptimizerConfig& config, const Architecture& arch, float* params, const float* grad,
-                  float learning_rate, Network::OptimizerState& state) {
+namespace {
+
+// One optimizer step's constants.
+struct UpdateStep {
+  const OptimizerConfig& config;
+  float learning_rate;
+  float step_size = 0.0f;     // Adam
+  float inv_sqrt_bc2 = 1.0f;  // Adam
+};
+
+UpdateStep begin_step(const OptimizerConfig& config, float learning_rate, Network::OptimizerState& state) {
   ++state.step;
-  float step_size = learning_rate;
-  float inv_sqrt_bc2 = 1.0f;
+  UpdateStep step{config, learning_rate};
+  step.step_size = learning_rate;
   if (config.kind == OptimizerKind::Adam) {
     const AdamScalars adam = adam_scalars(config, learning_rate, state.step);
-    step_size = adam.step_size;
-    inv_sqrt_bc2 = adam.inv_sqrt_bc2;
+    step.step_size = adam.step_size;
+    step.inv_sqrt_bc2 = adam.inv_sqrt_bc2;
   }
+  return step;
+}
+
+// Parameters [offset, offset + count) with their gradient g (g[0] belongs to
+// params[offset]).
+void update_segment(const UpdateStep& step, Network::OptimizerState& state, float* params, const float* g,
+                    std::size_t offset, std::size_t count, float decay) {
+  const OptimizerConfig& config = step.config;
+  float* p = params + offset;
+  switch (config.kind) {
+    case OptimizerKind::SGD:
+      sgd_segment(p, g, count, step.learning_rate, decay);
+      break;
+    case OptimizerKind::Momentum:
+      momentum_segment(p, g, state.buffers[0].data() + offset, count, step.learning_rate, decay, config.momentum,
+                       config.nesterov);
+      break;
+    case OptimizerKind::Adam:
+      adam_segment(p, g, state.buffers[0].data() + offset, state.buffers[1].data() + offset, count, step.step_size,
+                   step.inv_sqrt_bc2, decay, config.beta1, config.beta2, config.epsilon);
+      break;
+  }
+}
+
+// Rows [0, rows) of an outer-product weight gradient a x d (rows x cols),
+// rounded exactly as the GEMM that writes it out rounds it.
+KORTEX_KERNEL void outer_product_rows(float* out, const float* a, const float* d, std::size_t rows,
+                                      std::size_t cols) {
+  for (std::size_t j = 0; j < rows; ++j) {
+    float* row = out + j * cols;
+    const float aj = a[j];
+#pragma omp simd
+    for (std::size_t i = 0; i < cols; ++i) row[i] = aj * d[i];
+  }
+}
+
+}  // namespace
+
+void apply_update(const OptimizerConfig& config, const Architecture& arch, float* params, const float* grad,
+                  float learning_rate, Network::OptimizerState& state) {
+  const UpdateStep step = begin_step(config, learning_rate, state);
   // Each layer is two segments: weights (decayed) and biases (not). Large
   // segments are split across the calling thread's team; element-wise
   // updates give the same result whatever the split.
   const bool parallel = arch.parameter_count >= kParallelElements && omp_get_max_threads() > 1;
-  auto run = [&](std::size_t offset, std::size_t count, float decay) {
-    float* p = params + offset;
-    const float* g = grad + offset;
-    switch (config.kind) {
-      case OptimizerKind::SGD:
-        sgd_segment(p, g, count, learning_rate, decay);
-        break;
-      case OptimizerKind::Momentum:
-        momentum_segment(p, g, state.buffers[0].data() + offset, count, learning_rate, decay, config.momentum,
-                         config.nesterov);
-        break;
-      case OptimizerKind::Adam:
-        adam_segment(p, g, state.buffers[0].data() + offset, state.buffers[1].data() + offset, count, step_size,
-                     inv_sqrt_bc2, decay, config.beta1, config.beta2, config.epsilon);
-        break;
-    }
-  };
   const std::size_t n_layers = arch.layers.size();
 #pragma omp parallel if (parallel)
   {
@@ -248,10 +290,92 @@ void apply_update(const OptimizerConfig& config, const Architecture& arch, float
       const std::size_t weights = layer.inputs * layer.outputs;
       const std::size_t begin = weights * me / threads;
       const std::size_t end = weights * (me + 1) / threads;
-      if (begin < end) run(layer.weights_offset + begin, end - begin, config.weight_decay);
-      if (me == 0) run(layer.biases_offset, layer.outputs, 0.0f);
+      const std::size_t at = layer.weights_offset + begin;
+      if (begin < end) update_segment(step, state, params, grad + at, at, end - begin, config.weight_decay);
+      if (me == 0) update_segment(step, state, params, grad + layer.biases_offset, layer.biases_offset, layer.outputs, 0.0f);
     }
   }
+}
+
+namespace {
+
+// Whether check_step_is_finite would take its fast path on the expanded
+// gradient, judged from the factors alone.
+bool one_row_step_plainly_finite(double mean_loss, const Architecture& arch, const OneRowGradient& gradient,
+                                 float learning_rate) {
+  if (!std::isfinite(static_cast<float>(mean_loss))) return false;
+  float largest = 0.0f;
+  for (std::size_t l = 0; l < arch.layers.size(); ++l) {
+    const LayerLayout& layer = arch.layers[l];
+    const std::uint32_t a = max_abs_bits(gradient.input(l), layer.inputs);
+    const std::uint32_t d = max_abs_bits(gradient.delta(l), layer.outputs);
+    if (a >= kInfinityBits || d >= kInfinityBits) return false;
+    // Rounding is monotonic, so the largest |a_j * d_i| is the product of
+    // the largest factors, rounded: the full gradient's largest element.
+    const float product = float_of_bits(a) * float_of_bits(d);
+    largest = std::max({largest, product, float_of_bits(d)});
+  }
+  return std::isfinite(largest) && update_plainly_finite(largest, learning_rate);
+}
+
+void apply_one_row_update(const OptimizerConfig& config, const Architecture& arch, float* params,
+                          const OneRowGradient& gradient, float learning_rate, Network::OptimizerState& state) {
+  const UpdateStep step = begin_step(config, learning_rate, state);
+  // Rows of each weight matrix are split across the team. The gradient is
+  // formed a few rows at a time in a buffer that stays in L1 and handed to
+  // the same segment update apply_update uses: one call per 16 KiB, not per
+  // row, and the same roundings.
+  constexpr std::size_t kChunk = 4096;
+  const bool parallel = arch.parameter_count >= kParallelElements && omp_get_max_threads() > 1;
+  const std::size_t n_layers = arch.layers.size();
+#pragma omp parallel if (parallel)
+  {
+    alignas(64) float chunk[kChunk];
+    const auto threads = static_cast<std::size_t>(omp_get_num_threads());
+    const auto me = static_cast<std::size_t>(omp_get_thread_num());
+    for (std::size_t l = 0; l < n_layers; ++l) {
+      const LayerLayout& layer = arch.layers[l];
+      const float* a = gradient.input(l);
+      const float* d = gradient.delta(l);
+      const std::size_t cols = layer.outputs;
+      const std::size_t begin = layer.inputs * me / threads;
+      const std::size_t end = layer.inputs * (me + 1) / threads;
+      if (cols <= kChunk) {
+        const std::size_t rows_per_chunk = kChunk / cols;
+        for (std::size_t j = begin; j < end; j += rows_per_chunk) {
+          const std::size_t rows = std::min(rows_per_chunk, end - j);
+          outer_product_rows(chunk, a + j, d, rows, cols);
+          update_segment(step, state, params, chunk, layer.weights_offset + j * cols, rows * cols,
+                         config.weight_decay);
+        }
+      } else {
+        for (std::size_t j = begin; j < end; ++j) {
+          for (std::size_t i = 0; i < cols; i += kChunk) {
+            const std::size_t n = std::min(kChunk, cols - i);
+            outer_product_rows(chunk, a + j, d + i, 1, n);
+            update_segment(step, state, params, chunk, layer.weights_offset + j * cols + i, n, config.weight_decay);
+          }
+        }
+      }
+      if (me == 0) update_segment(step, state, params, d, layer.biases_offset, cols, 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+void checked_one_row_update(const char* operation, double mean_loss, const OptimizerConfig& config,
+                            const Architecture& arch, float* params, const OneRowGradient& gradient,
+                            float learning_rate, Network::OptimizerState& state) {
+  if (one_row_step_plainly_finite(mean_loss, arch, gradient, learning_rate)) {
+    apply_one_row_update(config, arch, params, gradient, learning_rate, state);
+    return;
+  }
+  auto lease = Workspace::local().acquire(arch.parameter_count);
+  float* grad = lease.take(arch.parameter_count);
+  gradient.expand(grad);
+  check_step_is_finite(operation, mean_loss, config, arch, params, grad, learning_rate, state);
+  apply_update(config, arch, params, grad, learning_rate, state);
 }
 
 }  // namespace kortexdl::detail

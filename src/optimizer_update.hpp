@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "architecture.hpp"
+#include "engine.hpp"
 #include "kortexdl/network.hpp"
 #include "kortexdl/optimizer.hpp"
 
@@ -32,5 +33,15 @@ void check_step_is_finite(const char* operation, double mean_loss, const Optimiz
 // bit-identical results.
 void apply_update(const OptimizerConfig& config, const Architecture& arch, float* params, const float* grad,
                   float learning_rate, Network::OptimizerState& state);
+
+// check_step_is_finite then apply_update for a one-row step's gradient
+// (engine.hpp, OneRowGradient), with the same results bit for bit and the
+// same errors, reading and writing each parameter once. When the factors
+// show a finite loss and a gradient far from overflow (every ordinary step),
+// the update forms the gradient row by row in cache; otherwise the gradient
+// is written out and checked in full.
+void checked_one_row_update(const char* operation, double mean_loss, const OptimizerConfig& config,
+                            const Architecture& arch, float* params, const OneRowGradient& gradient,
+                            float learning_rate, Network::OptimizerState& state);
 
 }  // namespace kortexdl::detail

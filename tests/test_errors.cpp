@@ -508,4 +508,37 @@ TEST_F(NetworkErrors, DivergingLearningRateRaisesNumericalError) {
   EXPECT_TRUE(kortex_test::all_finite(net.parameters()));
 }
 
+// Batch-1 steps check finiteness from the gradient's factors (never written
+// out); every refusal must still come with the same message and no change.
+TEST_F(NetworkErrors, OneRowStepsRefuseWhatLargerBatchesRefuse) {
+  NetworkConfig config;
+  config.hidden_activation = Activation::ReLU;
+  config.output_activation = Activation::Linear;
+  config.seed = 2;
+  Network net({4, 5, 3}, config);
+  net.set_parameters(std::vector<float>(net.parameter_count(), 0.5f));
+  const Snapshot before(net);
+  const std::vector<float> t(3, 0.0f);
+  // The forward pass overflows: the loss is not finite.
+  EXPECT_TRUE(Throws<NumericalError>([&] { net.train_batch(std::vector<float>(4, 3e38f), t, LossType::MSE, 0.01f, 1); },
+                                     {"train_batch", "loss", "not applied"}));
+  // Finite loss, the gradient overflows: a linear layer with zero weights
+  // misses targets of 1e10 (loss 1e20), and inputs of 1e30 make the weight
+  // gradient about 1e40.
+  Network linear({4, 3}, config);
+  linear.set_parameters(std::vector<float>(linear.parameter_count(), 0.0f));
+  const Snapshot linear_before(linear);
+  EXPECT_TRUE(Throws<NumericalError>(
+      [&] { linear.train_batch(std::vector<float>(4, 1e30f), std::vector<float>(3, 1e10f), LossType::MSE, 0.01f, 1); },
+      {"train_batch", "gradient overflowed", "not applied"}));
+  EXPECT_TRUE(Unchanged(linear, linear_before));
+  // Finite gradient, the update overflows.
+  EXPECT_TRUE(Throws<NumericalError>(
+      [&] { net.train_batch(std::vector<float>(4, 1e3f), t, LossType::MSE, 3e37f, 1); },
+      {"train_batch", "overflow", "not applied"}));
+  EXPECT_TRUE(Unchanged(net, before));
+  EXPECT_TRUE(std::isfinite(net.train_batch(std::vector<float>(4, 0.1f), t, LossType::MSE, 0.01f, 1)));
+  EXPECT_EQ(net.version(), before.version + 1);
+}
+
 }  // namespace

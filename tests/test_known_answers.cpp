@@ -4,6 +4,7 @@
 // bit, evaluate()'s accuracy on crafted data and forward_batch's chunking.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -580,6 +581,84 @@ TEST(KnownAnswers, ForwardBatchChunksAgreeToRoundingOnWideLayers) {
       EXPECT_NEAR(y[i], reference[i], 1e-5 * (1.0 + std::fabs(reference[i]))) << "chunk " << chunk << " [" << i << "]";
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Batch-1 steps take their own path (OneRowGradient: the weight gradient is
+// never written out); it must give what the written-out gradient gives.
+TEST(KnownAnswers, OneRowStepsEqualStepsOnTheWrittenOutGradient) {
+  struct Case {
+    OptimizerConfig optimizer;
+    Activation hidden;
+    Activation output;
+    LossType loss;
+  };
+  const Case cases[] = {
+      {OptimizerConfig::sgd(), Activation::ReLU, Activation::Linear, LossType::CrossEntropy},
+      {OptimizerConfig::sgd(0.01f), Activation::Tanh, Activation::Linear, LossType::MSE},
+      {OptimizerConfig::with_momentum(0.9f, true, 0.001f), Activation::GELU, Activation::GELU, LossType::MSE},
+      {OptimizerConfig::with_momentum(0.8f), Activation::Tanh, Activation::Sigmoid,
+       LossType::BinaryCrossEntropy},
+      {OptimizerConfig::adam(), Activation::ReLU, Activation::Linear, LossType::CrossEntropy},
+      {OptimizerConfig::adam(0.9f, 0.999f, 1e-8f, 0.01f), Activation::Sigmoid, Activation::Linear, LossType::MSE},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(kortexdl::to_string(c.optimizer.kind)) + " " +
+                 std::string(kortexdl::to_string(c.hidden)) + " " + std::string(kortexdl::to_string(c.loss)));
+    NetworkConfig config;
+    config.hidden_activation = c.hidden;
+    config.output_activation = c.output;
+    config.optimizer = c.optimizer;
+    config.seed = 21;
+    // Widths above 1024 exercise the update's row chunks.
+    Network one_row({7, 1100, 33, 3}, config);
+    Network written_out({7, 1100, 33, 3}, config);
+    const std::vector<float> x = kortex_test::normal_floats(7 * 12, 22);
+    const std::vector<float> values = kortex_test::normal_floats(3 * 12, 23);
+    std::vector<float> probabilities(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) probabilities[i] = values[i] > 0.0f ? 1.0f : 0.0f;
+    for (std::size_t row = 0; row < 12; ++row) {
+      const std::span<const float> xi(x.data() + row * 7, 7);
+      const std::vector<std::int32_t> label = {static_cast<std::int32_t>(row % 3)};
+      const std::span<const float> ti((c.loss == LossType::BinaryCrossEntropy ? probabilities : values).data() + row * 3,
+                                      3);
+      const kortexdl::Targets targets =
+          c.loss == LossType::CrossEntropy ? kortexdl::Targets(label) : kortexdl::Targets(ti);
+      const float loss = one_row.train_batch(xi, targets, c.loss, 0.03f, 1);
+      const Network::Gradients g = written_out.compute_gradients(xi, targets, c.loss, 1);
+      written_out.apply_gradients(g.values, 0.03f);
+      ASSERT_EQ(loss, g.loss) << "row " << row;
+      ASSERT_TRUE(BitwiseEqual(one_row.parameters(), written_out.parameters())) << "after row " << row;
+    }
+    const auto a = one_row.optimizer_state();
+    const auto b = written_out.optimizer_state();
+    EXPECT_EQ(a.step, b.step);
+    ASSERT_EQ(a.buffers.size(), b.buffers.size());
+    for (std::size_t k = 0; k < a.buffers.size(); ++k) EXPECT_TRUE(BitwiseEqual(a.buffers[k], b.buffers[k]));
+  }
+}
+
+// Near overflow the one-row step writes the gradient out and takes the full
+// check (the dry run of the update): same result as the written-out path.
+TEST(KnownAnswers, OneRowStepsNearOverflowTakeTheFullCheck) {
+  NetworkConfig config;
+  config.output_activation = Activation::Linear;
+  config.optimizer = OptimizerConfig::adam();
+  config.seed = 8;
+  Network one_row({3, 1}, config);
+  Network written_out({3, 1}, config);
+  const std::vector<float> x = {1e10f, -2e10f, 3e10f};  // gradient ~1e20: past the fast path's bound
+  const std::vector<float> t = {1.0f};
+  const float loss = one_row.train_batch(x, t, LossType::MSE, 1e-3f, 1);
+  const Network::Gradients g = written_out.compute_gradients(x, t, LossType::MSE, 1);
+  ASSERT_GT(*std::max_element(g.values.begin(), g.values.end()), 1e18f);
+  written_out.apply_gradients(g.values, 1e-3f);
+  EXPECT_EQ(loss, g.loss);
+  EXPECT_TRUE(BitwiseEqual(one_row.parameters(), written_out.parameters()));
+  EXPECT_TRUE(kortex_test::all_finite(one_row.parameters()));
 }
 
 }  // namespace

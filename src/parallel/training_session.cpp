@@ -4,6 +4,7 @@
 #include <atomic>
 #include <barrier>
 #include <exception>
+#include <optional>
 #include <cmath>
 #include <string>
 
@@ -265,10 +266,15 @@ LossSums TrainingSession::step_impl(const float* inputs, TargetRows targets, std
   std::unique_ptr<AccessGuard::Write> unlocked_write;
   if (!lock_) unlocked_write = std::make_unique<AccessGuard::Write>(state_.guard, false, operation_);
   LossSums sums;
+  // One row on one process: the gradient stays in factors (engine.hpp).
+  std::optional<OneRowGradient> one_row;
+  if (!trainer_ && exchange_ == nullptr && rows == 1 && global_rows == 1) one_row.emplace(state_.arch);
   {
     std::unique_ptr<AccessGuard::Read> shared;
     if (lock_) shared = std::make_unique<AccessGuard::Read>(state_.guard, true, operation_);
-    if (trainer_) {
+    if (one_row) {
+      sums = one_row->compute(state_.params.data(), inputs, targets, loss, 1.0f);
+    } else if (trainer_) {
       if (state_.version.load() != expected_version_) trainer_->resync();
       sums = trainer_->gradients(inputs, targets, rows, loss, 1.0f / static_cast<float>(global_rows),
                                  &reduce_seconds_);
@@ -297,15 +303,21 @@ LossSums TrainingSession::step_impl(const float* inputs, TargetRows targets, std
   const double mean = sums.loss / static_cast<double>(global_rows);
   std::unique_ptr<AccessGuard::Write> write;
   if (lock_) write = std::make_unique<AccessGuard::Write>(state_.guard, true, operation_);
-  check_step_is_finite(operation_, mean, state_.config.optimizer, state_.arch, state_.params.data(),
-                       trainer_ ? trainer_->averaged_gradient() : grad_, learning_rate, state_.optimizer);
-  if (trainer_) {
-    // A write between our gradient phase and this update (locked mode lets
-    // other trainers in) leaves replicas to be re-synced first.
-    if (state_.version.load() != expected_version_) trainer_->resync();
-    trainer_->update(learning_rate);
+  if (one_row) {
+    checked_one_row_update(operation_, mean, state_.config.optimizer, state_.arch, state_.params.data(), *one_row,
+                           learning_rate, state_.optimizer);
   } else {
-    apply_update(state_.config.optimizer, state_.arch, state_.params.data(), grad_, learning_rate, state_.optimizer);
+    check_step_is_finite(operation_, mean, state_.config.optimizer, state_.arch, state_.params.data(),
+                         trainer_ ? trainer_->averaged_gradient() : grad_, learning_rate, state_.optimizer);
+    if (trainer_) {
+      // A write between our gradient phase and this update (locked mode lets
+      // other trainers in) leaves replicas to be re-synced first.
+      if (state_.version.load() != expected_version_) trainer_->resync();
+      trainer_->update(learning_rate);
+    } else {
+      apply_update(state_.config.optimizer, state_.arch, state_.params.data(), grad_, learning_rate,
+                   state_.optimizer);
+    }
   }
   state_.published_write();
   expected_version_ = state_.version.load();
