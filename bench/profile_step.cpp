@@ -126,7 +126,7 @@ void replay_forward(Phases& ph, const detail::Architecture& arch, const float* p
                     std::size_t rows, float* outputs) {
   ph.start();
   {
-    detail::ComputeScope scope(arch.forward_flops(rows));
+    detail::ComputeScope scope(arch.forward_work(rows));
     ph.mark([&] { return std::string("ComputeScope enter (omp_set_num_threads)"); });
     const std::size_t hidden = arch.layers.size() > 1 ? rows * arch.max_width : 0;
     auto lease = detail::Workspace::local().acquire(2 * detail::Workspace::padded_floats(hidden));
@@ -165,7 +165,7 @@ void replay_train(Phases& ph, const detail::Architecture& arch, const kortexdl::
   ph.mark([&] { return std::string("check_finite(inputs)"); });
   if (rows == 1) {
     // One row: the gradient stays in factors (engine.hpp, OneRowGradient).
-    detail::ComputeScope scope(arch.training_flops(rows));
+    detail::ComputeScope scope(arch.training_work(rows));
     ph.mark([&] { return std::string("ComputeScope enter (omp_set_num_threads)"); });
     detail::OneRowGradient gradient(arch);
     ph.mark([&] { return std::string("workspace"); });
@@ -174,7 +174,7 @@ void replay_train(Phases& ph, const detail::Architecture& arch, const kortexdl::
     detail::checked_one_row_update("train_batch", sums.loss, opt, arch, params, gradient, lr, opt_state);
     ph.mark([&] { return std::string("check + update from factors (checked_one_row_update)"); });
   } else {
-    detail::ComputeScope scope(arch.training_flops(rows));
+    detail::ComputeScope scope(arch.training_work(rows));
     ph.mark([&] { return std::string("ComputeScope enter (omp_set_num_threads)"); });
     auto glease = detail::Workspace::local().acquire(arch.parameter_count);
     float* grad = glease.take(arch.parameter_count);
