@@ -214,7 +214,8 @@ KeptOutput forward_keeping(const Architecture& arch, const float* params, const 
     pres[l + 1] = z;
   }
   const LayerLayout& out = arch.layers.back();
-  KeptOutput kept{lease.take(rows * out.outputs), keeps_output_pre(arch, loss) ? lease.take(rows * out.outputs) : nullptr};
+  KeptOutput kept{lease.take(rows * out.outputs),
+                  keeps_output_pre(arch, loss) ? lease.take(rows * out.outputs) : nullptr};
   dense(out, params, acts[n_layers - 1], rows, kept.values);
   backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, kept.values,
                            params + out.biases_offset, rows, out.outputs, kept.pre);

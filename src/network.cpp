@@ -204,7 +204,9 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   auto lease = detail::Workspace::local().acquire(s.arch.parameter_count);
   float* grad = lease.take(s.arch.parameter_count);
   return step(
-      [&] { return detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad); },
+      [&] {
+        return detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
+      },
       [&](double mean_loss) {
         detail::check_step_is_finite(operation, mean_loss, s.config.optimizer, s.arch, s.params.data(), grad,
                                      learning_rate, s.optimizer);

@@ -292,7 +292,9 @@ void apply_update(const OptimizerConfig& config, const Architecture& arch, float
       const std::size_t end = weights * (me + 1) / threads;
       const std::size_t at = layer.weights_offset + begin;
       if (begin < end) update_segment(step, state, params, grad + at, at, end - begin, config.weight_decay);
-      if (me == 0) update_segment(step, state, params, grad + layer.biases_offset, layer.biases_offset, layer.outputs, 0.0f);
+      if (me == 0) {
+        update_segment(step, state, params, grad + layer.biases_offset, layer.biases_offset, layer.outputs, 0.0f);
+      }
     }
   }
 }

@@ -623,8 +623,8 @@ TEST(KnownAnswers, OneRowStepsEqualStepsOnTheWrittenOutGradient) {
     for (std::size_t row = 0; row < 12; ++row) {
       const std::span<const float> xi(x.data() + row * 7, 7);
       const std::vector<std::int32_t> label = {static_cast<std::int32_t>(row % 3)};
-      const std::span<const float> ti((c.loss == LossType::BinaryCrossEntropy ? probabilities : values).data() + row * 3,
-                                      3);
+      const std::vector<float>& all_targets = c.loss == LossType::BinaryCrossEntropy ? probabilities : values;
+      const std::span<const float> ti(all_targets.data() + row * 3, 3);
       const kortexdl::Targets targets =
           c.loss == LossType::CrossEntropy ? kortexdl::Targets(label) : kortexdl::Targets(ti);
       const float loss = one_row.train_batch(xi, targets, c.loss, 0.03f, 1);

@@ -20,7 +20,8 @@ std::size_t page_bytes() {
 std::size_t stack_bytes() {
   static const std::size_t bytes = [] {
     const long minimum = sysconf(_SC_MINSIGSTKSZ);
-    const std::size_t wanted = std::max<std::size_t>(64 * 1024, minimum > 0 ? 8 * static_cast<std::size_t>(minimum) : 0);
+    const std::size_t scaled = minimum > 0 ? 8 * static_cast<std::size_t>(minimum) : 0;
+    const std::size_t wanted = std::max<std::size_t>(64 * 1024, scaled);
     return (wanted + page_bytes() - 1) / page_bytes() * page_bytes();
   }();
   return bytes;
