@@ -17,7 +17,11 @@ together at a barrier, after two warm-up calls each). speedup = sequential /
 threaded time; efficiency = speedup / min(T, cores). The two timings of a
 repeat are taken back to back (their order alternates), N is calibrated so a
 timing lasts about --min-time, and every figure is the median over --repeat
-repeats with its min-max.
+repeats with its min-max. The libraries' workers take turns, and after
+each of its timings a worker is given time to go quiet (until its threads
+use under a tenth of a core): PyTorch's OpenBLAS threads keep spinning for
+up to ~0.1 s after a call, and a timing of the other library that started
+meanwhile would share the CPUs with them.
 
 KortexDL runs in two modes, reported separately:
 
@@ -150,6 +154,34 @@ def busy_fraction(interval=0.2):
     if b0 is None:
         return 0.0
     return (b1 - b0) / ((t1 - t0) * usable_cores())
+
+
+def process_cpu_ns(pid):
+    """CPU time used so far by every thread of process pid, in ns (None if
+    /proc does not say)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+def wait_quiet(pid, window=0.01, busy_below=0.1, timeout=1.0):
+    """Waits (up to `timeout` s) until process pid uses less than `busy_below`
+    of a core over `window` s: its OpenMP or OpenBLAS threads stopped spinning
+    after its last call. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    before = process_cpu_ns(pid)
+    while before is not None and time.perf_counter() - t0 < timeout:
+        time.sleep(window)
+        now = process_cpu_ns(pid)
+        if now is None or now - before < busy_below * window * 1e9:
+            break
+        before = now
+    return time.perf_counter() - t0
 
 
 def wait_idle(threshold, timeout):
@@ -602,6 +634,7 @@ class Worker:
         res = self._read()
         if "error" in res:
             raise RuntimeError(f"{self.lib} worker failed on {job}:\n{res['error']}")
+        wait_quiet(self.proc.pid)  # the next timing, of either library, starts on quiet CPUs
         return res
 
     def close(self):
