@@ -128,7 +128,8 @@ def own_cpu():
 
 
 class LoadMeter:
-    """CPU time other processes used while this process measured, in cores."""
+    """CPU time other processes used while this process measured, in cores,
+    including the time a hypervisor took from this guest's CPUs ("steal")."""
 
     def __enter__(self):
         self.busy0, self.own0, self.t0 = proc_stat_busy(), own_cpu(), time.perf_counter()
