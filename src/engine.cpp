@@ -311,13 +311,8 @@ LossSums OneRowGradient::compute(const float* params, const float* inputs, Targe
 void OneRowGradient::expand(float* grad) const {
   for (std::size_t l = 0; l < arch_.layers.size(); ++l) {
     const LayerLayout& layer = arch_.layers[l];
-    const float* a = inputs_[l];
-    const float* d = deltas_[l];
-    for (std::size_t j = 0; j < layer.inputs; ++j) {
-      float* row = grad + layer.weights_offset + j * layer.outputs;
-      for (std::size_t i = 0; i < layer.outputs; ++i) row[i] = a[j] * d[i];
-    }
-    std::copy_n(d, layer.outputs, grad + layer.biases_offset);
+    backend::outer_product(grad + layer.weights_offset, inputs_[l], deltas_[l], layer.inputs, layer.outputs);
+    std::copy_n(deltas_[l], layer.outputs, grad + layer.biases_offset);
   }
 }
 

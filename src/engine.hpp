@@ -6,7 +6,6 @@
 // thread's Workspace.
 #include <cstddef>
 #include <cstdint>
-
 #include <vector>
 
 #include "architecture.hpp"

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "backend/kernels.hpp"
 #include "format.hpp"
 #include "kortexdl/error.hpp"
 
@@ -259,18 +260,6 @@ void update_segment(const UpdateStep& step, Network::OptimizerState& state, floa
   }
 }
 
-// Rows [0, rows) of an outer-product weight gradient a x d (rows x cols),
-// rounded exactly as the GEMM that writes it out rounds it.
-KORTEX_KERNEL void outer_product_rows(float* out, const float* a, const float* d, std::size_t rows,
-                                      std::size_t cols) {
-  for (std::size_t j = 0; j < rows; ++j) {
-    float* row = out + j * cols;
-    const float aj = a[j];
-#pragma omp simd
-    for (std::size_t i = 0; i < cols; ++i) row[i] = aj * d[i];
-  }
-}
-
 }  // namespace
 
 void apply_update(const OptimizerConfig& config, const Architecture& arch, float* params, const float* grad,
@@ -346,7 +335,7 @@ void apply_one_row_update(const OptimizerConfig& config, const Architecture& arc
         const std::size_t rows_per_chunk = kChunk / cols;
         for (std::size_t j = begin; j < end; j += rows_per_chunk) {
           const std::size_t rows = std::min(rows_per_chunk, end - j);
-          outer_product_rows(chunk, a + j, d, rows, cols);
+          backend::outer_product(chunk, a + j, d, rows, cols);
           update_segment(step, state, params, chunk, layer.weights_offset + j * cols, rows * cols,
                          config.weight_decay);
         }
@@ -354,7 +343,7 @@ void apply_one_row_update(const OptimizerConfig& config, const Architecture& arc
         for (std::size_t j = begin; j < end; ++j) {
           for (std::size_t i = 0; i < cols; i += kChunk) {
             const std::size_t n = std::min(kChunk, cols - i);
-            outer_product_rows(chunk, a + j, d + i, 1, n);
+            backend::outer_product(chunk, a + j, d + i, 1, n);
             update_segment(step, state, params, chunk, layer.weights_offset + j * cols + i, n, config.weight_decay);
           }
         }

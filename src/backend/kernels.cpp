@@ -189,6 +189,15 @@ void column_sums(const float* data, std::size_t rows, std::size_t cols, float* s
   add_rows(data, rows, cols, sums);
 }
 
+KORTEX_KERNEL void outer_product(float* out, const float* a, const float* d, std::size_t rows, std::size_t cols) {
+  for (std::size_t j = 0; j < rows; ++j) {
+    float* row = out + j * cols;
+    const float aj = a[j];
+#pragma omp simd
+    for (std::size_t i = 0; i < cols; ++i) row[i] = aj * d[i];
+  }
+}
+
 namespace {
 
 struct LossBlock {

@@ -25,6 +25,10 @@ void activation_backward(Activation activation, float* delta, const float* outpu
 // depend on the thread count.
 void column_sums(const float* data, std::size_t rows, std::size_t cols, float* sums);
 
+// out[j][i] = a[j] * d[i] for j < rows, i < cols (row-major): a weight
+// gradient at batch 1, rounded exactly as the GEMM with k = 1 rounds it.
+void outer_product(float* out, const float* a, const float* d, std::size_t rows, std::size_t cols);
+
 // Loss kernels. Each returns the SUM of per-sample losses over its rows and,
 // when grad is not null, writes d(loss)/d(z or output) times grad_scale
 // (1 / rows of the whole batch, so shards of one batch add up). Exactly one

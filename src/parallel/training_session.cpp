@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <cmath>
 #include <exception>
 #include <optional>
-#include <cmath>
 #include <string>
 
 #include "checked_math.hpp"
@@ -268,7 +268,7 @@ LossSums TrainingSession::step_impl(const float* inputs, TargetRows targets, std
   LossSums sums;
   // One row on one process: the gradient stays in factors (engine.hpp).
   std::optional<OneRowGradient> one_row;
-  if (!trainer_ && exchange_ == nullptr && rows == 1 && global_rows == 1) one_row.emplace(state_.arch);
+  if (!trainer_ && exchange_ == nullptr && rows == 1) one_row.emplace(state_.arch);
   {
     std::unique_ptr<AccessGuard::Read> shared;
     if (lock_) shared = std::make_unique<AccessGuard::Read>(state_.guard, true, operation_);
