@@ -59,6 +59,7 @@ void reset_stats() {
     slot.max_ns.store(0, std::memory_order_relaxed);
   }
   violations.store(0, std::memory_order_relaxed);
+  reset_gil_handoff_counts();
 }
 
 }  // namespace kortexdl::python

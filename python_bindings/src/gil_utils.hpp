@@ -7,8 +7,8 @@
 // still holds the GIL, takes raw pointers and sizes, and keeps the Python
 // objects alive in its own scope; the lambda then sees only C++ values. The
 // helper
-//   * releases the GIL (py::gil_scoped_release) for the whole lambda and
-//     re-acquires it afterwards, also when the lambda throws;
+//   * releases the GIL (ReleasedGil, gil_handoff.hpp) for the whole lambda
+//     and re-acquires it afterwards, also when the lambda throws;
 //   * checks that the GIL really is not held inside the region
 //     (PyGILState_Check() == 0) and counts a violation otherwise;
 //   * records per-method counters: calls, total and maximum seconds.
@@ -16,6 +16,8 @@
 // slot is looked up once per call site (a function-local static), never per
 // call. kortexdl.gil_stats() and kortexdl.reset_gil_stats() expose them.
 #include <pybind11/pybind11.h>
+
+#include "gil_handoff.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -100,7 +102,7 @@ decltype(auto) without_gil(Fn&& fn) {
   static_assert(!detail::is_python_object_v<Result>,
                 "without_gil: the released region must return a C++ value, not a Python object");
   static MethodStats& stats = method_stats(Name.text);
-  pybind11::gil_scoped_release release;
+  ReleasedGil release;
   if (PyGILState_Check() != 0) record_gil_violation();
   detail::RegionTimer timer(stats);
   return fn();

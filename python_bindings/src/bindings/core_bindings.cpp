@@ -211,11 +211,19 @@ void bind_module_functions(py::module_& m) {
           stats[py::str(s.name)] = entry;
         }
         stats["gil_held_violations"] = gil_held_violations();
+        const GilHandoffCounts handoff = gil_handoff_counts();
+        py::dict handoff_entry;
+        handoff_entry["spin_budget_us"] = gil_spin_budget_us();
+        handoff_entry["polled"] = handoff.polled;
+        handoff_entry["handed_off"] = handoff.handed_off;
+        stats["gil_handoff"] = handoff_entry;
         return stats;
       },
       "Counters of the GIL-released compute regions: {method: {'calls', 'total_seconds', 'max_seconds'}} "
       "for every method that releases the GIL, plus 'gil_held_violations': how many times a compute "
-      "region found the GIL still held (always 0 unless something is broken).");
+      "region found the GIL still held (always 0 unless something is broken), and 'gil_handoff': "
+      "{'spin_budget_us', 'polled', 'handed_off'}: how many returning calls polled for the GIL instead of "
+      "sleeping on it (KORTEX_GIL_SPIN_US) and how many found it free in time.");
   m.def("reset_gil_stats", &reset_stats, "Sets every gil_stats() counter back to zero.");
 
   m.def(
