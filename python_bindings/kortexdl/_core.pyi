@@ -331,6 +331,10 @@ class GilHandoff(TypedDict):
     spin_budget_us: int
     polled: int
     handed_off: int
+    lanes: int
+    queued: int
+    rotated: int
+    expired: int
 
 def gil_stats() -> dict[str, Union[MethodStats, GilHandoff, int]]: ...
 def reset_gil_stats() -> None: ...

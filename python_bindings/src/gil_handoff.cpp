@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "gil_return_gate.hpp"
 #include "kortexdl/threading.hpp"
 
 namespace kortexdl::python {
@@ -81,6 +82,14 @@ bool poll_until_released(std::uint32_t budget_us) noexcept {
   }
 }
 
+// Polling pays only when a CPU would otherwise idle: one runs the GIL's
+// holder, so the others must not all be busy with compute calls. With more
+// callers than CPUs the poller would take a CPU from a computing thread.
+bool spare_cpu() noexcept {
+  static const std::size_t cpus = usable_cpus();
+  return calls_in_flight() + 1 < cpus;
+}
+
 }  // namespace
 
 std::uint32_t gil_spin_budget_us() noexcept {
@@ -92,20 +101,14 @@ ReleasedGil::ReleasedGil() noexcept {
   const std::uint64_t mine = taken.load(std::memory_order_relaxed);
   state_ = PyEval_SaveThread();
   raise_to(released, mine);
-}
-
-// Polling pays only when a CPU would otherwise idle: one runs the GIL's
-// holder, so the others must not all be busy with compute calls. With more
-// callers than CPUs the poller would take a CPU from a computing thread.
-bool spare_cpu() noexcept {
-  static const std::size_t cpus = usable_cpus();
-  return calls_in_flight() + 1 < cpus;
+  released_at_ns_ = now_ns();
 }
 
 ReleasedGil::~ReleasedGil() {
+  pass_return_gate(now_ns() - released_at_ns_);
   const std::uint32_t budget = gil_spin_budget_us();
-  if (budget != 0 && held_by_returning_caller() && spare_cpu() && now_ns() >= no_polling_until_ns.load(std::memory_order_relaxed) &&
-      !someone_polling.exchange(true, std::memory_order_acquire)) {
+  if (budget != 0 && held_by_returning_caller() && spare_cpu() &&
+      now_ns() >= no_polling_until_ns.load(std::memory_order_relaxed) && !someone_polling.exchange(true, std::memory_order_acquire)) {
     polled_count.fetch_add(1, std::memory_order_relaxed);
     if (poll_until_released(budget)) {
       handed_off_count.fetch_add(1, std::memory_order_relaxed);

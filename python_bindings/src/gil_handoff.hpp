@@ -32,6 +32,7 @@ class ReleasedGil {
 
  private:
   PyThreadState* state_;
+  std::int64_t released_at_ns_;
 };
 
 // The polling bound in microseconds (0: never poll), read once from

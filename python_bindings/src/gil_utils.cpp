@@ -1,5 +1,7 @@
 #include "gil_utils.hpp"
 
+#include "gil_return_gate.hpp"
+
 #include <deque>
 #include <mutex>
 
@@ -60,6 +62,7 @@ void reset_stats() {
   }
   violations.store(0, std::memory_order_relaxed);
   reset_gil_handoff_counts();
+  reset_return_gate_counts();
 }
 
 }  // namespace kortexdl::python

@@ -1,4 +1,5 @@
-"""Taking the GIL back without a wake-up (python_bindings/src/gil_handoff.hpp).
+"""Taking the GIL back without a wake-up (python_bindings/src/gil_handoff.hpp,
+gil_return_gate.hpp).
 
 * Two threads calling one network hand the GIL to each other by polling:
   gil_stats()["gil_handoff"] counts polls and hand-offs, and results stay
@@ -60,7 +61,10 @@ def test_two_callers_hand_the_gil_over_by_polling(single_thread, rng):
     for out in outputs:
         np.testing.assert_array_equal(out, expected)
     kortexdl.reset_gil_stats()
-    assert kortexdl.gil_stats()["gil_handoff"] == {"spin_budget_us": DEFAULT_BUDGET_US, "polled": 0, "handed_off": 0}
+    assert kortexdl.gil_stats()["gil_handoff"] == {
+        "spin_budget_us": DEFAULT_BUDGET_US, "polled": 0, "handed_off": 0,
+        "lanes": CPUS, "queued": 0, "rotated": 0, "expired": 0,
+    }
 
 
 def test_one_caller_never_polls(rng):
@@ -84,7 +88,7 @@ threads = [threading.Thread(target=work) for _ in range(2)]
 for t in threads: t.start()
 for t in threads: t.join()
 h = kortexdl.gil_stats()["gil_handoff"]
-print(h["spin_budget_us"], h["polled"])
+print(h["spin_budget_us"], h["polled"], h["lanes"], h["queued"])
 """
 
 
@@ -97,10 +101,27 @@ def test_spin_budget_comes_from_the_environment(value, budget):
     env = dict(os.environ, KORTEX_GIL_SPIN_US=value)
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    reported, polled = map(int, done.stdout.split())
+    reported, polled, _, _ = map(int, done.stdout.split())
     assert reported == budget
     if budget == 0:
         assert polled == 0
+
+
+CPUS = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    "value, lanes",
+    [("0", 0), ("1", 1), ("3", 3), ("", CPUS), ("many", CPUS), ("-1", CPUS), ("4097", CPUS)],
+)
+def test_lane_count_comes_from_the_environment(value, lanes):
+    env = dict(os.environ, KORTEX_GIL_LANES=value)
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    _, _, reported, queued = map(int, done.stdout.split())
+    assert reported == lanes
+    if lanes == 0:
+        assert queued == 0
 
 
 def test_polls_that_run_out_are_rate_limited(single_thread, rng):
@@ -132,3 +153,148 @@ def test_polls_that_run_out_are_rate_limited(single_thread, rng):
     ran_out = handoff["polled"] - handoff["handed_off"]
     cooldown = COOLDOWN_BUDGETS * DEFAULT_BUDGET_US * 1e-6
     assert ran_out <= elapsed / cooldown + 2, (handoff, calls, elapsed)
+
+
+# ---------------------------------------------------------------------------
+# Return lanes
+
+
+def test_many_threads_queue_for_lanes_and_all_make_progress(single_thread, rng):
+    """Eight threads call for a fixed time; turns rotate, so each of them
+    gets many calls done (without rotation the queued ones would wait until
+    the lane holders stopped), and every output is exact."""
+    net = kortexdl.Network([100, 64, 10], seed=3)
+    x = rng.standard_normal((32, 100)).astype(np.float32)
+    expected = net.forward(x)
+    kortexdl.reset_gil_stats()
+    stop = threading.Event()
+    counts = [0] * 8
+    wrong = []
+
+    def worker(i):
+        while not stop.is_set():
+            out = net.forward(x)
+            if not np.array_equal(out, expected):
+                wrong.append(i)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    gate = kortexdl.gil_stats()["gil_handoff"]
+    assert not wrong
+    assert gate["lanes"] == CPUS
+    assert gate["queued"] > 0, gate
+    assert gate["rotated"] > 0, gate
+    assert min(counts) >= 20, (counts, gate)
+
+
+def test_holders_that_wait_for_a_queued_thread_lose_their_lanes(single_thread, rng):
+    """Lanes are priorities, not locks. Here every lane is held by a thread
+    that, having just returned from a call, waits for a result only a further
+    thread can produce. That thread's calls must not wait for the lanes to
+    free up (they never would): a lane is taken over once its holder has
+    stayed away for its lease (200 us)."""
+    net = kortexdl.Network([100, 64, 10], seed=3)
+    x = rng.standard_normal((32, 100)).astype(np.float32)
+    produced = threading.Event()
+    took_lanes = threading.Barrier(CPUS + 1)
+    results = []
+
+    def waiting_holder():
+        for _ in range(20):  # the first call in a thread may be long (workspace), and long calls take no lane
+            net.forward(x)
+        took_lanes.wait()
+        results.append(produced.wait(timeout=10))
+
+    kortexdl.reset_gil_stats()
+    holders = [threading.Thread(target=waiting_holder) for _ in range(CPUS)]
+    for t in holders:
+        t.start()
+    took_lanes.wait()
+    start = time.perf_counter()
+
+    def producer():
+        for _ in range(50):
+            net.forward(x)
+        produced.set()
+
+    p = threading.Thread(target=producer)
+    p.start()
+    p.join(timeout=10)
+    elapsed = time.perf_counter() - start
+    for t in holders:
+        t.join(timeout=10)
+    assert results == [True] * CPUS
+    assert elapsed < 5, elapsed
+    assert kortexdl.gil_stats()["gil_handoff"]["expired"] > 0
+
+
+EXIT_CHILD = """
+import threading, numpy as np, kortexdl
+kortexdl.set_num_threads(1)
+net = kortexdl.Network([100, 64, 10], seed=3)
+x = np.ones((32, 100), np.float32)
+def calls():  # the first call in a thread may be long (workspace), and long calls take no lane
+    for _ in range(20):
+        net.forward(x)
+t = threading.Thread(target=calls)
+t.start(); t.join()
+kortexdl.reset_gil_stats()
+def work():
+    for _ in range(500):
+        net.forward(x)
+threads = [threading.Thread(target=work) for _ in range({cpus})]
+for t in threads: t.start()
+for t in threads: t.join()
+print(kortexdl.gil_stats()["gil_handoff"]["expired"])
+"""
+
+
+def test_a_thread_that_exits_gives_its_lane_back():
+    """A thread that made its calls and exited must not leave its lane to
+    expire: as many threads as lanes then find them all free."""
+    done = subprocess.run([sys.executable, "-c", EXIT_CHILD.format(cpus=CPUS)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 0
+
+
+FORK_CHILD = """
+import os, threading, time, numpy as np, kortexdl
+kortexdl.set_num_threads(1)
+net = kortexdl.Network([100, 64, 10], seed=3)
+x = np.ones((32, 100), np.float32)
+expected = net.forward(x)
+stop = threading.Event()
+def busy():
+    while not stop.is_set():
+        net.forward(x)
+threads = [threading.Thread(target=busy) for _ in range(8)]
+for t in threads: t.start()
+time.sleep(0.2)
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        ok = all(np.array_equal(net.forward(x), expected) for _ in range(200))
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+stop.set()
+for t in threads: t.join()
+print("ok")
+"""
+
+
+def test_forked_children_start_with_free_lanes():
+    """Forks taken while eight threads queue for the lanes: each child (only
+    the forking thread survives) computes at once instead of waiting in a
+    line of threads it does not have."""
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", FORK_CHILD], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../convert.hpp"
+#include "../gil_return_gate.hpp"
 #include "../gil_utils.hpp"
 #include "bindings.hpp"
 #include "kortexdl/activation.hpp"
@@ -216,14 +217,21 @@ void bind_module_functions(py::module_& m) {
         handoff_entry["spin_budget_us"] = gil_spin_budget_us();
         handoff_entry["polled"] = handoff.polled;
         handoff_entry["handed_off"] = handoff.handed_off;
+        const ReturnGateCounts gate = return_gate_counts();
+        handoff_entry["lanes"] = return_gate_lanes();
+        handoff_entry["queued"] = gate.queued;
+        handoff_entry["rotated"] = gate.rotated;
+        handoff_entry["expired"] = gate.expired;
         stats["gil_handoff"] = handoff_entry;
         return stats;
       },
       "Counters of the GIL-released compute regions: {method: {'calls', 'total_seconds', 'max_seconds'}} "
       "for every method that releases the GIL, plus 'gil_held_violations': how many times a compute "
       "region found the GIL still held (always 0 unless something is broken), and 'gil_handoff': "
-      "{'spin_budget_us', 'polled', 'handed_off'}: how many returning calls polled for the GIL instead of "
-      "sleeping on it (KORTEX_GIL_SPIN_US) and how many found it free in time.");
+      "{'spin_budget_us', 'polled', 'handed_off', 'lanes', 'queued', 'rotated', 'expired'}: how many returning "
+      "calls polled for the GIL instead of sleeping on it (KORTEX_GIL_SPIN_US) and how many found it free in "
+      "time, and how returning calls used the lanes (KORTEX_GIL_LANES): waited in line, were handed a lane at "
+      "the end of another thread's turn, or took over a lane its holder had left.");
   m.def("reset_gil_stats", &reset_stats, "Sets every gil_stats() counter back to zero.");
 
   m.def(

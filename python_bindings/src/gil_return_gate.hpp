@@ -1,0 +1,41 @@
+#pragma once
+// Which returning calls may compete for the GIL: a few lanes, kept by the
+// threads that use them.
+//
+// With more threads than CPUs calling short methods, CPython's GIL becomes a
+// convoy: every release wakes one of the sleeping waiters (a futex wake and a
+// context switch, 5-50 us on a virtual machine), which usually finds the GIL
+// taken again and goes back to sleep. Two threads alternating would do the
+// same work without sleeping at all.
+//
+// The gate gives out as many lanes as there are CPUs. A thread returning from
+// a short call (under 100 us) keeps its lane while it keeps calling, and
+// passes without waiting; a thread without a lane takes a free one, or one
+// whose holder has not come back for 200 us, else waits in line (FIFO) with
+// the GIL released. A holder whose turn has lasted 5 ms (CPython's switch
+// interval) while others wait hands its lane to the first of them, so every
+// thread makes progress. Only the first in line wakes up to look for expired
+// lanes; the others sleep until a lane is given to them. The gate never
+// keeps a thread from running Python for longer than a turn or a lease, so it
+// cannot deadlock: lanes are not locks, only priorities.
+//
+// KORTEX_GIL_LANES sets the number of lanes (default: the usable CPUs; 0
+// turns the gate off), read once.
+#include <cstdint>
+
+namespace kortexdl::python {
+
+// Called with the GIL released, after a call's C++ part (region_ns long).
+void pass_return_gate(std::int64_t region_ns);
+
+std::uint32_t return_gate_lanes() noexcept;
+
+struct ReturnGateCounts {
+  std::uint64_t queued = 0;   // returns that waited in line
+  std::uint64_t rotated = 0;  // lanes handed to a waiter at the end of a turn
+  std::uint64_t expired = 0;  // lanes taken over after their holder stayed away
+};
+ReturnGateCounts return_gate_counts() noexcept;
+void reset_return_gate_counts() noexcept;
+
+}  // namespace kortexdl::python
