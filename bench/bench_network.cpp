@@ -54,6 +54,8 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "kortexdl/loss.hpp"
@@ -250,6 +252,38 @@ void BM_NetTrain(benchmark::State& state, const Config* cfg, std::size_t batch, 
   set_counters(state, training_flop(cfg->sizes, batch), batch, cpu_start);
 }
 
+// Threads training one network (thread safety on), one core per call: the
+// shape of many Python threads calling train_batch. Every thread makes its
+// own steps; items_per_second counts the steps of all of them.
+kortexdl::Network& shared_network(const Config& cfg, std::size_t batch) {
+  static std::mutex mutex;
+  static std::map<std::pair<const Config*, std::size_t>, std::unique_ptr<kortexdl::Network>> networks;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& net = networks[{&cfg, batch}];
+  if (!net) {
+    net = std::make_unique<kortexdl::Network>(make_network(cfg));
+    net->enable_thread_safety(true);
+  }
+  return *net;
+}
+
+void BM_SharedTrain(benchmark::State& state, const Config* cfg, std::size_t batch) {
+  if (state.thread_index() == 0) kortexdl::set_num_threads(1);
+  kortexdl::Network& net = shared_network(*cfg, batch);
+  const auto inputs = random_floats(batch * cfg->sizes.front(), 1 + static_cast<unsigned>(state.thread_index()));
+  std::vector<std::int32_t> labels(batch);
+  for (std::size_t i = 0; i < batch; ++i) labels[i] = static_cast<std::int32_t>(i % cfg->sizes.back());
+  const kortexdl::Targets targets(labels);
+  float loss = 0.0f;
+  for (auto _ : state) {
+    loss = net.train_batch(inputs, targets, kortexdl::LossType::CrossEntropy, 1e-4f, batch);
+    benchmark::DoNotOptimize(loss);
+  }
+  if (!std::isfinite(loss)) state.SkipWithError("training loss is not finite");
+  state.SetItemsProcessed(state.iterations());
+  if (state.thread_index() == 0) kortexdl::set_num_threads(0);
+}
+
 // ---- the ceiling: the step's GEMMs, back to back, on aligned buffers -------
 
 struct GemmPlan {
@@ -363,6 +397,18 @@ void register_all() {
         add("net/train" + tail, BM_NetTrain, &cfg, batch, mode);
         add("ceil/train" + tail, BM_CeilTrain, &cfg, batch, mode);
       }
+    }
+  }
+  for (const Config& cfg : configs()) {
+    for (std::size_t batch : {std::size_t{1}, std::size_t{8}, std::size_t{32}}) {
+      benchmark::RegisterBenchmark(("shared/train/" + std::string(cfg.name) + "/" + std::to_string(batch)).c_str(),
+                                   BM_SharedTrain, &cfg, batch)
+          ->Threads(1)
+          ->Threads(2)
+          ->Threads(4)
+          ->UseRealTime()
+          ->MinTime(4 * kMinTime)
+          ->Unit(benchmark::kMicrosecond);
     }
   }
   // Raw dnnl_sgemm: every layer's forward shape at every batch (duplicates

@@ -90,7 +90,8 @@ run_tsan() {
   cmake -S "$KORTEX_ROOT" -B "$TSAN_DIR" "${COMMON_CMAKE[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DKORTEX_SANITIZE=thread -DKORTEX_BACKEND=cblas \
     -DKORTEX_WITH_MPI=OFF -DKORTEX_BUILD_PYTHON=OFF >/dev/null
-  cmake --build "$TSAN_DIR" -j"$1" --target kortexdl_tests kortexdl_reliability_tests kortex_tsan_planted_race
+  cmake --build "$TSAN_DIR" -j"$1" --target kortexdl_tests kortexdl_gil_gate_tests kortexdl_reliability_tests \
+    kortex_tsan_planted_race
   local libomp
   libomp=$(ldd "$TSAN_DIR/tests/kortexdl_tests" | awk '/libomp\.so/ {print $3; exit}')
   # Archer makes OpenMP's fork/join visible to TSan; libomp's own dlopen of it

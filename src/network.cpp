@@ -172,9 +172,21 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   ComputeScope scope(s.arch.training_work(batch_size));
   const float scale = 1.0f / static_cast<float>(batch_size);
   auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
-  // Locked, the gradients are a read and only the update is exclusive;
-  // unlocked, the whole step is one write.
+  // Locked, small steps are run one after another by one of the concurrent
+  // callers (parallel/step_combiner.hpp); larger ones compute their
+  // gradients under the shared lock and only the update is exclusive.
+  // Unlocked, the whole step is one write.
+  const bool combine = batch_size <= detail::StepCombiner::kMaxRows;
   auto step = [&](auto compute_gradients, auto checked_update) {
+    if (lock && combine) {
+      auto whole_step = [&] {
+        const detail::LossSums sums = compute_gradients();
+        checked_update(mean_of(sums));
+        s.published_write();
+        return static_cast<float>(mean_of(sums));
+      };
+      return s.combiner.run(s.guard, operation, whole_step);
+    }
     detail::LossSums sums;
     if (lock) {
       {

@@ -8,6 +8,7 @@
 #include "architecture.hpp"
 #include "kortexdl/network.hpp"
 #include "parallel/access_guard.hpp"
+#include "parallel/step_combiner.hpp"
 
 namespace kortexdl::detail {
 
@@ -22,6 +23,7 @@ class NetworkState {
   AlignedFloats params;
   Network::OptimizerState optimizer;
   mutable AccessGuard guard;
+  StepCombiner combiner;  // locked small training steps (parallel/step_combiner.hpp)
   std::atomic<std::uint64_t> version{0};
   Network::UpdateObserver observer;  // read and written under write access
 

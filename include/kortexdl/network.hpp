@@ -8,7 +8,8 @@
 //    enable_thread_safety(true) the parameters are guarded by a
 //    writer-preferring reader-writer lock: reads and gradient phases share
 //    it, only the update holds it exclusively, so readers always see whole
-//    updates. Without it, a training call that overlaps any other call on the
+//    updates. Concurrent steps of up to 8 rows are instead run whole, one
+//    after another, by one of their callers (serializable). Without it, a training call that overlaps any other call on the
 //    same network is refused with ConcurrencyError before it changes anything.
 //  * The *_thread_safe variants take the lock for that call whatever the flag.
 #include <cstddef>
@@ -114,6 +115,8 @@ class Network {
   std::uint64_t version() const;
   // Called after every parameter write, while the write lock is held, with
   // the new parameters and version. Must not call back into this network.
+  // With thread safety on, concurrent small training steps are run by one of
+  // their callers, so the observer may run on another caller's thread.
   using UpdateObserver = std::function<void(std::span<const float> parameters, std::uint64_t version)>;
   void set_update_observer(UpdateObserver observer);
 

@@ -1,0 +1,133 @@
+#include "parallel/step_combiner.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include <sched.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "kortexdl/threading.hpp"
+#include "parallel/affinity.hpp"
+
+namespace kortexdl::detail {
+
+namespace {
+
+// A waiter polls for this long before it sleeps, when every computing
+// thread can have a CPU of its own (else it would take the combiner's). It
+// waits for the combiner's step and its own, 10-600 us for the steps
+// combined here; waking it from sleep would cost the combiner a futex call
+// per step, and the waiter 5-50 us on a virtual machine.
+constexpr auto kPollFor = std::chrono::microseconds(1000);
+constexpr auto kLinger = std::chrono::microseconds(100);
+
+std::size_t usable_cpus() {
+  static const std::size_t cpus = std::max<std::size_t>(1, allowed_cpus().size());
+  return cpus;
+}
+
+void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+}  // namespace
+
+void StepCombiner::wait_for_turn(Request& own) {
+  const bool spare_cpu = calls_in_flight() <= usable_cpus();
+  const auto until = std::chrono::steady_clock::now() + kPollFor;
+  for (unsigned i = 1;; ++i) {
+    if (spare_cpu) {
+      pause();
+    } else {
+      sched_yield();
+    }
+    if (own.state.load(std::memory_order_acquire) != kWaiting) break;
+    if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
+  }
+  std::unique_lock<std::mutex> lock(own.handover);
+  own.changed.wait(lock, [&] { return own.state.load(std::memory_order_relaxed) != kWaiting; });
+}
+
+void StepCombiner::set_state(Request& request, int state) {
+  std::lock_guard<std::mutex> lock(request.handover);
+  request.state.store(state, std::memory_order_release);
+  request.changed.notify_one();
+}
+
+void StepCombiner::submit(AccessGuard& guard, Request& own) {
+  bool combiner = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    (tail_ != nullptr ? tail_->next : head_) = &own;
+    tail_ = &own;
+    queued_.fetch_add(1, std::memory_order_release);
+    if (!combining_) combining_ = combiner = true;
+  }
+  if (!combiner) {
+    wait_for_turn(own);
+    if (own.state.load(std::memory_order_acquire) == kDone) return;
+  }
+  combine(guard, own);
+}
+
+void StepCombiner::combine(AccessGuard& guard, Request& own) {
+  bool own_done = false;
+  bool served_others = false;
+  bool lingered = false;
+  std::size_t after_own = 0;
+  Request* successor = nullptr;
+  for (;;) {
+    Request* request = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (head_ == nullptr && own_done && served_others && !lingered) {
+        // Another caller's next step is usually a few microseconds away (its
+        // return to Python and back). Waiting for it keeps the parameters in
+        // this core's cache; leaving would move them to the next combiner's.
+        lingered = true;
+        lock.unlock();
+        const auto until = std::chrono::steady_clock::now() + kLinger;
+        for (unsigned i = 1; queued_.load(std::memory_order_acquire) == 0; ++i) {
+          pause();
+          if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
+        }
+        lock.lock();
+      }
+      if (head_ == nullptr) {
+        combining_ = false;
+        break;
+      }
+      lingered = false;
+      if (own_done && after_own >= kStepsAfterOwn) {
+        successor = head_;  // stays queued: it runs its own step first
+        break;
+      }
+      request = head_;
+      head_ = request->next;
+      if (head_ == nullptr) tail_ = nullptr;
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    try {
+      AccessGuard::Write access(guard, true, request->operation);
+      request->result = request->run(request->context);
+    } catch (...) {
+      request->error = std::current_exception();
+    }
+    if (request == &own) {
+      own_done = true;
+      continue;
+    }
+    run_for_others_.fetch_add(1, std::memory_order_relaxed);
+    served_others = true;
+    if (own_done) ++after_own;
+    set_state(*request, kDone);
+  }
+  if (successor != nullptr) set_state(*successor, kCombine);
+}
+
+}  // namespace kortexdl::detail

@@ -1,0 +1,208 @@
+// Locked small training steps are run back to back by one of their callers
+// (src/parallel/step_combiner.hpp). What must hold:
+//  * every step runs alone (exclusive), whole, and its result or exception
+//    reaches the thread that submitted it;
+//  * on a network, concurrent steps are serializable: threads that train on
+//    the same sample end with parameters bit-identical to the same number of
+//    steps made one after another;
+//  * a step that is refused changes nothing, also when another thread runs it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kortexdl/kortexdl.hpp"
+#include "parallel/access_guard.hpp"
+#include "parallel/step_combiner.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using kortexdl::LossType;
+using kortexdl::Network;
+using kortexdl::NetworkConfig;
+using kortexdl::NumericalError;
+using kortexdl::detail::AccessGuard;
+using kortexdl::detail::StepCombiner;
+
+void busy_for(std::chrono::microseconds d) {
+  const auto end = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < end) {
+  }
+}
+
+TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
+  AccessGuard guard;
+  StepCombiner combiner;
+  constexpr int kThreads = 4;
+  constexpr int kSteps = 300;
+  std::int64_t unguarded_total = 0;  // plain on purpose: only exclusive steps may touch it (TSan checks)
+  std::atomic<int> inside{0};
+  std::atomic<int> overlaps{0};
+  std::atomic<int> wrong_results{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kSteps; ++i) {
+        auto step = [&] {
+          if (inside.fetch_add(1) != 0) overlaps.fetch_add(1);
+          unguarded_total += t + 1;
+          busy_for(std::chrono::microseconds(5));
+          inside.fetch_sub(1);
+          return static_cast<float>(t * 1000 + i);
+        };
+        if (combiner.run(guard, "step", step) != static_cast<float>(t * 1000 + i)) wrong_results.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(overlaps.load(), 0);
+  EXPECT_EQ(wrong_results.load(), 0);
+  EXPECT_EQ(unguarded_total, static_cast<std::int64_t>(kSteps) * (1 + 2 + 3 + 4));
+  EXPECT_GT(combiner.steps_run_for_others(), 0u) << "no step was ever combined";
+}
+
+TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
+  AccessGuard guard;
+  StepCombiner combiner;
+  constexpr int kSteps = 400;
+  std::atomic<int> thrower_errors{0};
+  std::atomic<int> worker_errors{0};
+  std::atomic<int> worker_results{0};
+  std::thread thrower([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      auto step = [&]() -> float {
+        busy_for(std::chrono::microseconds(3));
+        throw std::runtime_error("thrower's step");
+      };
+      try {
+        combiner.run(guard, "step", step);
+      } catch (const std::runtime_error& e) {
+        if (std::string(e.what()) == "thrower's step") thrower_errors.fetch_add(1);
+      }
+    }
+  });
+  std::thread worker([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      auto step = [&] {
+        busy_for(std::chrono::microseconds(3));
+        return 2.0f;
+      };
+      try {
+        if (combiner.run(guard, "step", step) == 2.0f) worker_results.fetch_add(1);
+      } catch (...) {
+        worker_errors.fetch_add(1);
+      }
+    }
+  });
+  thrower.join();
+  worker.join();
+  EXPECT_EQ(thrower_errors.load(), kSteps);
+  EXPECT_EQ(worker_errors.load(), 0);
+  EXPECT_EQ(worker_results.load(), kSteps);
+}
+
+NetworkConfig momentum_config() {
+  NetworkConfig config;
+  config.seed = 5;
+  config.optimizer = kortexdl::OptimizerConfig::with_momentum(0.9f);
+  return config;
+}
+
+// Threads that all train on one sample: whatever the order, the steps are
+// the same, so serializable steps give exactly the parameters of as many
+// sequential steps. A gradient computed on parameters that another step
+// then updates (the shared-lock path) would not.
+void expect_serializable(std::size_t rows, bool flag_on) {
+  kortex_test::ThreadBudget one(1);
+  constexpr int kThreads = 4;
+  constexpr int kSteps = 150;
+  Network shared({20, 16, 3}, momentum_config());
+  Network sequential = shared.clone();
+  shared.enable_thread_safety(flag_on);
+  const std::vector<float> x = kortex_test::normal_floats(rows * 20, 9);
+  std::vector<std::int32_t> labels(rows);
+  for (std::size_t r = 0; r < rows; ++r) labels[r] = static_cast<std::int32_t>(r % 3);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kSteps; ++i) {
+        try {
+          if (flag_on) {
+            shared.train_batch(x, labels, LossType::CrossEntropy, 0.05f, rows);
+          } else {
+            shared.train_batch_thread_safe(x, labels, LossType::CrossEntropy, 0.05f, rows);
+          }
+        } catch (...) {
+          failures.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kThreads * kSteps; ++i) sequential.train_batch(x, labels, LossType::CrossEntropy, 0.05f, rows);
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(shared.version(), sequential.version());
+  const std::vector<float> got = shared.parameters();
+  const std::vector<float> want = sequential.parameters();
+  ASSERT_EQ(got.size(), want.size());
+  std::size_t differing = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) differing += kortex_test::bits_of(got[i]) != kortex_test::bits_of(want[i]);
+  EXPECT_EQ(differing, 0u) << "of " << got.size() << " parameters";
+}
+
+TEST(StepCombiner, ConcurrentBatchOneStepsAreSerializable) { expect_serializable(1, true); }
+TEST(StepCombiner, ConcurrentSmallBatchStepsAreSerializable) { expect_serializable(StepCombiner::kMaxRows, true); }
+TEST(StepCombiner, ThreadSafeVariantsCombineWithTheFlagOff) { expect_serializable(1, false); }
+
+TEST(StepCombiner, ARefusedStepChangesNothingWhoeverRunsIt) {
+  // One thread's steps always fail inside the step (targets of 1e30 make
+  // the MSE loss overflow); another's succeed. The failing thread gets every
+  // refusal, and the parameters are those of the good steps alone.
+  kortex_test::ThreadBudget one(1);
+  constexpr int kSteps = 300;
+  NetworkConfig config = momentum_config();
+  Network shared({6, 8, 2}, config);
+  Network sequential = shared.clone();
+  shared.enable_thread_safety(true);
+  const std::vector<float> x = kortex_test::normal_floats(6, 4);
+  const std::vector<float> good_targets = {0.25f, -0.5f};
+  const std::vector<float> bad_targets = {1e30f, 1e30f};
+  std::atomic<int> refused{0};
+  std::atomic<int> other_errors{0};
+  std::thread bad([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      try {
+        shared.train_batch(x, bad_targets, LossType::MSE, 0.01f, 1);
+      } catch (const NumericalError&) {
+        refused.fetch_add(1);
+      } catch (...) {
+        other_errors.fetch_add(1);
+      }
+    }
+  });
+  std::thread good([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      try {
+        shared.train_batch(x, good_targets, LossType::MSE, 0.01f, 1);
+      } catch (...) {
+        other_errors.fetch_add(1);
+      }
+    }
+  });
+  bad.join();
+  good.join();
+  for (int i = 0; i < kSteps; ++i) sequential.train_batch(x, good_targets, LossType::MSE, 0.01f, 1);
+  EXPECT_EQ(refused.load(), kSteps);
+  EXPECT_EQ(other_errors.load(), 0);
+  EXPECT_EQ(shared.version(), sequential.version());
+  EXPECT_EQ(shared.parameters(), sequential.parameters());
+}
+
+}  // namespace
