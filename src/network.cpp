@@ -172,11 +172,12 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   ComputeScope scope(s.arch.training_work(batch_size));
   const float scale = 1.0f / static_cast<float>(batch_size);
   auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
-  // Locked, small steps are run one after another by one of the concurrent
-  // callers (parallel/step_combiner.hpp); larger ones compute their
-  // gradients under the shared lock and only the update is exclusive.
+  // Locked, small steps (and any step while calls outnumber the CPUs) are
+  // run one after another by one of the concurrent callers
+  // (parallel/step_combiner.hpp); the others compute their gradients under
+  // the shared lock and only the update is exclusive.
   // Unlocked, the whole step is one write.
-  const bool combine = batch_size <= detail::StepCombiner::kMaxRows;
+  const bool combine = lock && detail::StepCombiner::worth_combining(batch_size);
   auto step = [&](auto compute_gradients, auto checked_update) {
     if (lock && combine) {
       auto whole_step = [&] {

@@ -18,7 +18,9 @@
 
 #include "kortexdl/kortexdl.hpp"
 #include "parallel/access_guard.hpp"
+#include "parallel/affinity.hpp"
 #include "parallel/step_combiner.hpp"
+#include "parallel/thread_budget.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -105,6 +107,29 @@ TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
   EXPECT_EQ(thrower_errors.load(), kSteps);
   EXPECT_EQ(worker_errors.load(), 0);
   EXPECT_EQ(worker_results.load(), kSteps);
+}
+
+TEST(StepCombiner, SmallStepsAlwaysCombineLargerOnesWhenCallsOutnumberCpus) {
+  EXPECT_TRUE(StepCombiner::worth_combining(1));
+  EXPECT_TRUE(StepCombiner::worth_combining(StepCombiner::kMaxRows));
+  ASSERT_EQ(kortexdl::calls_in_flight(), 0u);
+  EXPECT_FALSE(StepCombiner::worth_combining(StepCombiner::kMaxRows + 1));
+  const std::size_t cpus = kortexdl::detail::allowed_cpus().size();
+  std::atomic<std::size_t> open{0};
+  std::atomic<bool> release{false};
+  std::vector<std::thread> callers;
+  for (std::size_t i = 0; i <= cpus; ++i) {
+    callers.emplace_back([&] {
+      kortexdl::detail::ComputeScope scope(1.0);
+      open.fetch_add(1);
+      while (!release.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    });
+  }
+  while (open.load() <= cpus) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  EXPECT_TRUE(StepCombiner::worth_combining(32));
+  release = true;
+  for (auto& t : callers) t.join();
+  EXPECT_FALSE(StepCombiner::worth_combining(32));
 }
 
 NetworkConfig momentum_config() {

@@ -37,6 +37,10 @@ void pause() {
 
 }  // namespace
 
+bool StepCombiner::worth_combining(std::size_t rows) {
+  return rows <= kMaxRows || calls_in_flight() > usable_cpus();
+}
+
 void StepCombiner::wait_for_turn(Request& own) {
   const bool spare_cpu = calls_in_flight() <= usable_cpus();
   const auto until = std::chrono::steady_clock::now() + kPollFor;

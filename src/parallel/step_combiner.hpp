@@ -42,6 +42,14 @@ class StepCombiner {
   // 0.53-0.84x; at 16 rows both about 0.9x; at 32 the shared-lock path,
   // whose gradient phases overlap, is ahead.
   static constexpr std::size_t kMaxRows = 8;
+
+  // Whether a locked step of `rows` rows should be combined: small steps
+  // always; larger ones while more calls are in flight than there are CPUs,
+  // where the shared-lock path's waiters sleep at once and convoy (at 32
+  // rows on two cores, four threads made 0.29x (100-50-10) and 0.90x
+  // (784-256-128-10) the steps of one thread that way, 0.95x and 1.12x
+  // combined; two threads did better overlapping their gradient phases).
+  static bool worth_combining(std::size_t rows);
   static constexpr std::size_t kStepsAfterOwn = 64;
 
   // Runs step() with `guard` held exclusively (locked), on this thread or on
