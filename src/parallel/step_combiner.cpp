@@ -16,11 +16,10 @@ namespace kortexdl::detail {
 
 namespace {
 
-// A waiter polls for this long before it sleeps, when every computing
-// thread can have a CPU of its own (else it would take the combiner's). It
-// waits for the combiner's step and its own, 10-600 us for the steps
-// combined here; waking it from sleep would cost the combiner a futex call
-// per step, and the waiter 5-50 us on a virtual machine.
+// A waiter polls (or, with more calls than CPUs, yields) for this long
+// before it sleeps. It waits for the combiner's step and its own, 10-600 us
+// for the steps combined here; waking it from sleep would cost the combiner
+// a futex call per step, and the waiter 5-50 us on a virtual machine.
 constexpr auto kPollFor = std::chrono::microseconds(1000);
 constexpr auto kLinger = std::chrono::microseconds(100);
 
@@ -29,11 +28,19 @@ std::size_t usable_cpus() {
   return cpus;
 }
 
-void pause() {
+// One round of waiting: a pause while a CPU is free for this thread, else
+// a yield, so that a waiter never keeps the combiner from a CPU.
+void wait_a_little(bool spare_cpu) {
+  if (!spare_cpu) {
+    sched_yield();
+    return;
+  }
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
 #endif
 }
+
+bool cpu_to_spare() { return calls_in_flight() <= usable_cpus(); }
 
 }  // namespace
 
@@ -42,14 +49,10 @@ bool StepCombiner::worth_combining(std::size_t rows) {
 }
 
 void StepCombiner::wait_for_turn(Request& own) {
-  const bool spare_cpu = calls_in_flight() <= usable_cpus();
+  const bool spare_cpu = cpu_to_spare();
   const auto until = std::chrono::steady_clock::now() + kPollFor;
   for (unsigned i = 1;; ++i) {
-    if (spare_cpu) {
-      pause();
-    } else {
-      sched_yield();
-    }
+    wait_a_little(spare_cpu);
     if (own.state.load(std::memory_order_acquire) != kWaiting) break;
     if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
   }
@@ -95,9 +98,10 @@ void StepCombiner::combine(AccessGuard& guard, Request& own) {
         // this core's cache; leaving would move them to the next combiner's.
         lingered = true;
         lock.unlock();
+        const bool spare_cpu = cpu_to_spare();
         const auto until = std::chrono::steady_clock::now() + kLinger;
         for (unsigned i = 1; queued_.load(std::memory_order_acquire) == 0; ++i) {
-          pause();
+          wait_a_little(spare_cpu);
           if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
         }
         lock.lock();
