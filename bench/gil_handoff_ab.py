@@ -115,10 +115,11 @@ def main():
     if args.case:
         cases = []
         for text in args.case:
-            config, op, batch = text.split("/")
-            if config not in SIZES or op not in ("forward", "train"):
-                parser.error(f"unknown case {text}")
-            cases.append((config, op, int(batch)))
+            parts = text.split("/")
+            if (len(parts) != 3 or parts[0] not in SIZES or parts[1] not in ("forward", "train")
+                    or not parts[2].isdigit() or not 1 <= int(parts[2]) <= 4096):
+                parser.error(f"unknown case {text} (config/op/batch: small|medium|large, forward|train, 1-4096)")
+            cases.append((parts[0], parts[1], int(parts[2])))
     spec = json.dumps({"cases": cases, "sizes": SIZES, "threads": args.threads, "min_time": args.min_time})
     names = list(VARIANTS)
     speedups = {}  # (variant, case, threads) -> [speedup per repeat]

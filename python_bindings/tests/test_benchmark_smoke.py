@@ -133,3 +133,24 @@ def test_overhead_mode(tmp_path):
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "us/call" in p.stdout
+
+
+AB_SCRIPT = os.path.join(REPO, "bench", "gil_handoff_ab.py")
+
+
+def test_gil_handoff_ab_runs_every_variant(tmp_path):
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "3", "--repeat", "2", "--min-time", "0.01",
+           "--case", "small/forward/1", "small/train/1", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["case"], r["threads"]) for r in rows] == [
+        ("small/forward/1", 2), ("small/forward/1", 3), ("small/train/1", 2), ("small/train/1", 3)]
+    for r in rows:
+        for variant in ("plain", "poll", "default"):
+            assert len(r[variant]) == 2 and all(s > 0 for s in r[variant])
+    assert p.stdout.count("| small/") == 4
+    for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0"):
+        bad = subprocess.run([sys.executable, AB_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
