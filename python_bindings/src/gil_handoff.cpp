@@ -1,12 +1,11 @@
 #include "gil_handoff.hpp"
 
 #include <immintrin.h>
-#include <sched.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 
+#include "env_settings.hpp"
 #include "gil_return_gate.hpp"
 #include "kortexdl/threading.hpp"
 
@@ -17,22 +16,10 @@ namespace {
 constexpr std::uint32_t kDefaultSpinUs = 50;  // about one wake-up of a halted vCPU
 constexpr std::uint32_t kMaxSpinUs = 10000;
 
-std::size_t usable_cpus() noexcept {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-  return static_cast<std::size_t>(CPU_COUNT(&set));
-}
-
 std::uint32_t read_budget() noexcept {
   // Polling on the only CPU would keep the holder from running.
   if (usable_cpus() < 2) return 0;
-  const char* value = std::getenv("KORTEX_GIL_SPIN_US");
-  if (value == nullptr || *value == '\0') return kDefaultSpinUs;
-  char* end = nullptr;
-  const unsigned long parsed = std::strtoul(value, &end, 10);
-  if (end == value || *end != '\0' || parsed > kMaxSpinUs) return kDefaultSpinUs;
-  return static_cast<std::uint32_t>(parsed);
+  return env_count("KORTEX_GIL_SPIN_US", kMaxSpinUs, kDefaultSpinUs);
 }
 
 // GIL ownership as far as ReleasedGil sees it. Both counters only grow.

@@ -1,15 +1,17 @@
 #include "gil_return_gate.hpp"
 
 #include <pthread.h>
-#include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <vector>
+
+#include "env_settings.hpp"
 
 namespace kortexdl::python {
 
@@ -18,7 +20,7 @@ namespace {
 constexpr std::int64_t kShortCallNs = 100'000;
 constexpr std::int64_t kLeaseNs = 200'000;
 constexpr std::int64_t kTurnNs = 5'000'000;
-constexpr unsigned long kMaxLanes = 4096;
+constexpr std::uint32_t kMaxLanes = 4096;
 
 std::int64_t now_ns() noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -26,16 +28,8 @@ std::int64_t now_ns() noexcept {
 }
 
 std::uint32_t read_lanes() noexcept {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  const std::uint32_t cpus =
-      sched_getaffinity(0, sizeof(set), &set) == 0 ? static_cast<std::uint32_t>(CPU_COUNT(&set)) : 1;
-  const char* value = std::getenv("KORTEX_GIL_LANES");
-  if (value == nullptr || *value == '\0') return cpus;
-  char* end = nullptr;
-  const unsigned long parsed = std::strtoul(value, &end, 10);
-  if (end == value || *end != '\0' || parsed > kMaxLanes) return cpus;
-  return static_cast<std::uint32_t>(parsed);
+  const std::uint32_t cpus = usable_cpus();
+  return env_count("KORTEX_GIL_LANES", kMaxLanes, cpus);
 }
 
 struct ThreadLane;

@@ -53,13 +53,19 @@ def test_two_callers_hand_the_gil_over_by_polling(single_thread, rng):
     x = rng.standard_normal((32, 100)).astype(np.float32)
     expected = net.forward(x)
     kortexdl.reset_gil_stats()
-    outputs = run_two_callers(net, x, 2000)
-    handoff = kortexdl.gil_stats()["gil_handoff"]
+    # On a busy machine a poll runs out when the holder loses its CPU (and
+    # then nobody polls for 5 ms), so keep calling until hand-offs are seen.
+    deadline = time.monotonic() + 30
+    while True:
+        outputs = run_two_callers(net, x, 2000)
+        for out in outputs:
+            np.testing.assert_array_equal(out, expected)
+        handoff = kortexdl.gil_stats()["gil_handoff"]
+        if handoff["handed_off"] > 0 or time.monotonic() > deadline:
+            break
     assert handoff["spin_budget_us"] == DEFAULT_BUDGET_US
     assert handoff["polled"] > 0, handoff
     assert 0 < handoff["handed_off"] <= handoff["polled"], handoff
-    for out in outputs:
-        np.testing.assert_array_equal(out, expected)
     kortexdl.reset_gil_stats()
     assert kortexdl.gil_stats()["gil_handoff"] == {
         "spin_budget_us": DEFAULT_BUDGET_US, "polled": 0, "handed_off": 0,
@@ -92,36 +98,30 @@ print(h["spin_budget_us"], h["polled"], h["lanes"], h["queued"])
 """
 
 
-@pytest.mark.parametrize(
-    "value, budget",
-    [("0", 0), ("20", 20), ("10000", 10000), ("", DEFAULT_BUDGET_US), ("fast", DEFAULT_BUDGET_US),
-     ("-5", DEFAULT_BUDGET_US), ("20us", DEFAULT_BUDGET_US), ("10001", DEFAULT_BUDGET_US)],
-)
-def test_spin_budget_comes_from_the_environment(value, budget):
-    env = dict(os.environ, KORTEX_GIL_SPIN_US=value)
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    reported, polled, _, _ = map(int, done.stdout.split())
-    assert reported == budget
-    if budget == 0:
-        assert polled == 0
-
-
 CPUS = len(os.sched_getaffinity(0))
 
 
-@pytest.mark.parametrize(
-    "value, lanes",
-    [("0", 0), ("1", 1), ("3", 3), ("", CPUS), ("many", CPUS), ("-1", CPUS), ("4097", CPUS)],
-)
-def test_lane_count_comes_from_the_environment(value, lanes):
-    env = dict(os.environ, KORTEX_GIL_LANES=value)
+def child_handoff_stats(variable, value):
+    """gil_handoff counters of a child in which two threads called forward."""
+    env = dict(os.environ, **{variable: value})
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    _, _, reported, queued = map(int, done.stdout.split())
-    assert reported == lanes
-    if lanes == 0:
-        assert queued == 0
+    return dict(zip(("spin_budget_us", "polled", "lanes", "queued"), map(int, done.stdout.split())))
+
+
+@pytest.mark.parametrize(
+    "variable, value, setting, expected, counter",
+    [("KORTEX_GIL_SPIN_US", v, "spin_budget_us", e, "polled")
+     for v, e in [("0", 0), ("20", 20), ("10000", 10000), ("", DEFAULT_BUDGET_US), ("fast", DEFAULT_BUDGET_US),
+                  ("-5", DEFAULT_BUDGET_US), ("20us", DEFAULT_BUDGET_US), ("10001", DEFAULT_BUDGET_US)]]
+    + [("KORTEX_GIL_LANES", v, "lanes", e, "queued")
+       for v, e in [("0", 0), ("1", 1), ("3", 3), ("", CPUS), ("many", CPUS), ("-1", CPUS), ("4097", CPUS)]],
+)
+def test_settings_come_from_the_environment(variable, value, setting, expected, counter):
+    stats = child_handoff_stats(variable, value)
+    assert stats[setting] == expected
+    if expected == 0:
+        assert stats[counter] == 0  # off means off
 
 
 def test_polls_that_run_out_are_rate_limited(single_thread, rng):
