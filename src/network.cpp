@@ -179,7 +179,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   // Unlocked, the whole step is one write.
   const bool combine = lock && detail::StepCombiner::worth_combining(batch_size);
   auto step = [&](auto compute_gradients, auto checked_update) {
-    if (lock && combine) {
+    if (combine) {
       auto whole_step = [&] {
         const detail::LossSums sums = compute_gradients();
         checked_update(mean_of(sums));

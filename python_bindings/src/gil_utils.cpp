@@ -1,9 +1,9 @@
 #include "gil_utils.hpp"
 
-#include "gil_return_gate.hpp"
-
 #include <deque>
 #include <mutex>
+
+#include "gil_return_gate.hpp"
 
 namespace kortexdl::python {
 

@@ -1,6 +1,5 @@
 #include "access_guard.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -36,11 +35,6 @@ void check(int rc, const char* what) {
 // CPU from the thread that holds the lock, so they sleep at once.
 constexpr auto kLockSpin = std::chrono::microseconds(200);
 
-int usable_cpus() {
-  static const int cpus = std::max(1, static_cast<int>(allowed_cpus().size()));
-  return cpus;
-}
-
 // Threads inside or waiting for some parameter lock, process-wide.
 std::atomic<int> contenders{0};
 
@@ -54,7 +48,7 @@ bool acquired_by_spinning(TryLock try_lock) {
 #endif
     if (try_lock() == 0) return true;
     if (i % 16 == 0 &&
-        (contenders.load(std::memory_order_relaxed) > usable_cpus() || std::chrono::steady_clock::now() > until)) {
+        (contenders.load(std::memory_order_relaxed) > static_cast<int>(allowed_cpu_count()) || std::chrono::steady_clock::now() > until)) {
       return false;
     }
   }

@@ -31,6 +31,11 @@ std::vector<int> allowed_cpus() {
   return cpus;
 }
 
+std::size_t allowed_cpu_count() {
+  static const std::size_t count = allowed_cpus().size();  // never empty
+  return count;
+}
+
 std::vector<int> current_thread_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);

@@ -1,6 +1,5 @@
 #include "parallel/step_combiner.hpp"
 
-#include <algorithm>
 #include <chrono>
 
 #include <sched.h>
@@ -23,11 +22,6 @@ namespace {
 constexpr auto kPollFor = std::chrono::microseconds(1000);
 constexpr auto kLinger = std::chrono::microseconds(100);
 
-std::size_t usable_cpus() {
-  static const std::size_t cpus = std::max<std::size_t>(1, allowed_cpus().size());
-  return cpus;
-}
-
 // One round of waiting: a pause while a CPU is free for this thread, else
 // a yield, so that a waiter never keeps the combiner from a CPU.
 void wait_a_little(bool spare_cpu) {
@@ -40,12 +34,12 @@ void wait_a_little(bool spare_cpu) {
 #endif
 }
 
-bool cpu_to_spare() { return calls_in_flight() <= usable_cpus(); }
+bool cpu_to_spare() { return calls_in_flight() <= allowed_cpu_count(); }
 
 }  // namespace
 
 bool StepCombiner::worth_combining(std::size_t rows) {
-  return rows <= kMaxRows || calls_in_flight() > usable_cpus();
+  return rows <= kMaxRows || calls_in_flight() > allowed_cpu_count();
 }
 
 void StepCombiner::wait_for_turn(Request& own) {
