@@ -178,7 +178,9 @@ void expect_serializable(std::size_t rows, bool flag_on) {
   const std::vector<float> want = sequential.parameters();
   ASSERT_EQ(got.size(), want.size());
   std::size_t differing = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) differing += kortex_test::bits_of(got[i]) != kortex_test::bits_of(want[i]);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    differing += kortex_test::bits_of(got[i]) != kortex_test::bits_of(want[i]);
+  }
   EXPECT_EQ(differing, 0u) << "of " << got.size() << " parameters";
 }
 

@@ -8,9 +8,11 @@
 //    enable_thread_safety(true) the parameters are guarded by a
 //    writer-preferring reader-writer lock: reads and gradient phases share
 //    it, only the update holds it exclusively, so readers always see whole
-//    updates. Concurrent steps of up to 8 rows are instead run whole, one
-//    after another, by one of their callers (serializable). Without it, a training call that overlaps any other call on the
-//    same network is refused with ConcurrencyError before it changes anything.
+//    updates. Concurrent steps of up to 8 rows (and any step while calls
+//    outnumber the CPUs) are instead run whole, one after another, by one
+//    of their callers (serializable). Without it, a training call that
+//    overlaps any other call on the same network is refused with
+//    ConcurrencyError before it changes anything.
 //  * The *_thread_safe variants take the lock for that call whatever the flag.
 #include <cstddef>
 #include <cstdint>

@@ -88,14 +88,16 @@ ReleasedGil::ReleasedGil() noexcept {
   const std::uint64_t mine = taken.load(std::memory_order_relaxed);
   state_ = PyEval_SaveThread();
   raise_to(released, mine);
-  released_at_ns_ = now_ns();
+  released_at_ = Clock::now();
 }
 
 ReleasedGil::~ReleasedGil() {
-  pass_return_gate(now_ns() - released_at_ns_);
+  const Clock::time_point ended = work_ended_at_ != Clock::time_point{} ? work_ended_at_ : Clock::now();
+  pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(ended - released_at_).count());
   const std::uint32_t budget = gil_spin_budget_us();
   if (budget != 0 && held_by_returning_caller() && spare_cpu() &&
-      now_ns() >= no_polling_until_ns.load(std::memory_order_relaxed) && !someone_polling.exchange(true, std::memory_order_acquire)) {
+      now_ns() >= no_polling_until_ns.load(std::memory_order_relaxed) &&
+      !someone_polling.exchange(true, std::memory_order_acquire)) {
     polled_count.fetch_add(1, std::memory_order_relaxed);
     if (poll_until_released(budget)) {
       handed_off_count.fetch_add(1, std::memory_order_relaxed);

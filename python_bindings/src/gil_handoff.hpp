@@ -19,20 +19,30 @@
 // only costs the wait CPython would have made anyway.
 #include <Python.h>
 
+#include <chrono>
 #include <cstdint>
 
 namespace kortexdl::python {
 
 class ReleasedGil {
  public:
+  using Clock = std::chrono::steady_clock;
+
   ReleasedGil() noexcept;  // releases the GIL; must hold it
   ~ReleasedGil();          // takes it back
   ReleasedGil(const ReleasedGil&) = delete;
   ReleasedGil& operator=(const ReleasedGil&) = delete;
 
+  // When the GIL was released, and (told by the caller, who times the region
+  // anyway) when the work without it ended; unset, the destructor reads the
+  // clock itself.
+  Clock::time_point released_at() const noexcept { return released_at_; }
+  void work_ended_at(Clock::time_point end) noexcept { work_ended_at_ = end; }
+
  private:
   PyThreadState* state_;
-  std::int64_t released_at_ns_;
+  Clock::time_point released_at_;
+  Clock::time_point work_ended_at_{};
 };
 
 // The polling bound in microseconds (0: never poll), read once from

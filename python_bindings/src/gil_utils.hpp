@@ -73,12 +73,16 @@ void reset_stats();
 
 namespace detail {
 
-// Records the region's time when it ends, including by an exception.
+// Records the region's time when it ends, including by an exception, from
+// the moment the GIL was released; tells the release when the work ended,
+// so the two share their clock reads.
 class RegionTimer {
  public:
-  explicit RegionTimer(MethodStats& stats) noexcept : stats_(stats), start_(std::chrono::steady_clock::now()) {}
+  RegionTimer(MethodStats& stats, ReleasedGil& release) noexcept : stats_(stats), release_(release) {}
   ~RegionTimer() {
-    const auto elapsed = std::chrono::steady_clock::now() - start_;
+    const auto end = ReleasedGil::Clock::now();
+    release_.work_ended_at(end);
+    const auto elapsed = end - release_.released_at();
     stats_.record(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count()));
   }
   RegionTimer(const RegionTimer&) = delete;
@@ -86,7 +90,7 @@ class RegionTimer {
 
  private:
   MethodStats& stats_;
-  std::chrono::steady_clock::time_point start_;
+  ReleasedGil& release_;
 };
 
 template <class T>
@@ -104,7 +108,7 @@ decltype(auto) without_gil(Fn&& fn) {
   static MethodStats& stats = method_stats(Name.text);
   ReleasedGil release;
   if (PyGILState_Check() != 0) record_gil_violation();
-  detail::RegionTimer timer(stats);
+  detail::RegionTimer timer(stats, release);
   return fn();
 }
 

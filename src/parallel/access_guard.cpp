@@ -47,8 +47,8 @@ bool acquired_by_spinning(TryLock try_lock) {
     _mm_pause();
 #endif
     if (try_lock() == 0) return true;
-    if (i % 16 == 0 &&
-        (contenders.load(std::memory_order_relaxed) > static_cast<int>(allowed_cpu_count()) || std::chrono::steady_clock::now() > until)) {
+    if (i % 16 == 0 && (contenders.load(std::memory_order_relaxed) > static_cast<int>(allowed_cpu_count()) ||
+                        std::chrono::steady_clock::now() > until)) {
       return false;
     }
   }
