@@ -400,12 +400,13 @@ void register_all() {
     }
   }
   for (const Config& cfg : configs()) {
-    for (std::size_t batch : {std::size_t{1}, std::size_t{8}, std::size_t{32}}) {
+    for (std::size_t batch : {std::size_t{1}, std::size_t{8}, std::size_t{32}, std::size_t{256}}) {
       benchmark::RegisterBenchmark(("shared/train/" + std::string(cfg.name) + "/" + std::to_string(batch)).c_str(),
                                    BM_SharedTrain, &cfg, batch)
           ->Threads(1)
           ->Threads(2)
           ->Threads(4)
+          ->Threads(16)
           ->UseRealTime()
           ->MinTime(4 * kMinTime)
           ->Unit(benchmark::kMicrosecond);
