@@ -169,7 +169,8 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   const detail::TargetRows rows = detail::check_targets(targets, loss, batch_size, s.arch.outputs());
   detail::check_finite(inputs, "inputs");
 
-  ComputeScope scope(s.arch.training_work(batch_size));
+  const double work = s.arch.training_work(batch_size);
+  ComputeScope scope(work);
   const float scale = 1.0f / static_cast<float>(batch_size);
   auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
   // Locked, small steps (and any step while calls outnumber the CPUs) are
@@ -186,7 +187,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
         s.published_write();
         return static_cast<float>(mean_of(sums));
       };
-      return s.combiner.run(s.guard, operation, whole_step);
+      return s.combiner.run(s.guard, operation, work, whole_step);
     }
     detail::LossSums sums;
     if (lock) {

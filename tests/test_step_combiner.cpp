@@ -7,6 +7,7 @@
 //    steps made one after another;
 //  * a step that is refused changes nothing, also when another thread runs it.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <atomic>
 #include <chrono>
@@ -58,7 +59,7 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
           inside.fetch_sub(1);
           return static_cast<float>(t * 1000 + i);
         };
-        if (combiner.run(guard, "step", step) != static_cast<float>(t * 1000 + i)) wrong_results.fetch_add(1);
+        if (combiner.run(guard, "step", 1.0, step) != static_cast<float>(t * 1000 + i)) wrong_results.fetch_add(1);
       }
     });
   }
@@ -83,7 +84,7 @@ TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
         throw std::runtime_error("thrower's step");
       };
       try {
-        combiner.run(guard, "step", step);
+        combiner.run(guard, "step", 1.0, step);
       } catch (const std::runtime_error& e) {
         if (std::string(e.what()) == "thrower's step") thrower_errors.fetch_add(1);
       }
@@ -96,7 +97,7 @@ TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
         return 2.0f;
       };
       try {
-        if (combiner.run(guard, "step", step) == 2.0f) worker_results.fetch_add(1);
+        if (combiner.run(guard, "step", 1.0, step) == 2.0f) worker_results.fetch_add(1);
       } catch (...) {
         worker_errors.fetch_add(1);
       }
@@ -130,6 +131,54 @@ TEST(StepCombiner, SmallStepsAlwaysCombineLargerOnesWhenCallsOutnumberCpus) {
   release = true;
   for (auto& t : callers) t.join();
   EXPECT_FALSE(StepCombiner::worth_combining(32));
+}
+
+TEST(StepCombiner, TheTeamOwnerRunsCombinedStepsOnItsTeam) {
+  // Only the thread that owns the intra-op team may run a step on several
+  // threads, so a combiner that does not own it hands the role to the owner
+  // while the owner's step is queued. Two threads, budget 2, steps worth a
+  // team: nearly all run on the owner's thread, nearly all on two OpenMP
+  // threads (with a fair share of the combiner role, about half would run
+  // on the other thread, on one).
+  kortex_test::ThreadBudget budget(2);
+  kortexdl::detail::release_intra_op_team();  // this thread may own it from an earlier test
+  AccessGuard guard;
+  StepCombiner combiner;
+  constexpr int kSteps = 300;
+  constexpr double kWork = 1e12;
+  std::atomic<int> on_owner{0};
+  std::atomic<int> owner_with_team{0};
+  std::atomic<bool> owner_ready{false};
+  std::atomic<std::thread::id> owner_id{};
+  auto caller = [&](bool owner) {
+    if (owner) {
+      kortexdl::detail::ComputeScope claim(kWork);  // takes the team
+      owner_id = std::this_thread::get_id();
+      owner_ready = true;
+    }
+    while (!owner_ready.load()) std::this_thread::yield();
+    for (int i = 0; i < kSteps; ++i) {
+      kortexdl::detail::ComputeScope scope(kWork);
+      auto step = [&] {
+        busy_for(std::chrono::microseconds(50));
+        if (std::this_thread::get_id() == owner_id.load()) {
+          on_owner.fetch_add(1);
+          if (omp_get_max_threads() == 2) owner_with_team.fetch_add(1);
+        }
+        return 0.0f;
+      };
+      combiner.run(guard, "step", kWork, step);
+    }
+    if (owner) kortexdl::detail::release_intra_op_team();
+  };
+  std::thread owner(caller, true);
+  std::thread other(caller, false);
+  owner.join();
+  other.join();
+  EXPECT_GT(on_owner.load(), 2 * kSteps * 8 / 10);
+  // A step runs on one thread when the other caller is between calls (its
+  // call counts as computing until it is queued).
+  EXPECT_GT(owner_with_team.load(), on_owner.load() * 8 / 10);
 }
 
 NetworkConfig momentum_config() {

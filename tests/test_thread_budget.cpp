@@ -138,6 +138,21 @@ TEST(ThreadBudget, ConcurrentCallsShareTheBudget) {
   EXPECT_EQ(kortexdl::detail::share_for(2.5 * kortexdl::detail::kMinFlopsPerExtraThread), 2u);
 }
 
+TEST(ThreadBudget, ParkedCallsLeaveTheirShareToTheOthers) {
+  // A call waiting for another thread to run its step (a combined training
+  // step) uses no core: the calls that compute share the budget without it.
+  ThreadBudget budget(4);
+  kortexdl::detail::ComputeScope running(1.0);
+  {
+    kortexdl::detail::ComputeScope waiting(1.0);
+    EXPECT_EQ(kortexdl::detail::share_for(1e12), 2u);
+    kortexdl::detail::ParkedCall parked;
+    EXPECT_EQ(kortexdl::calls_in_flight(), 2u);
+    EXPECT_EQ(kortexdl::detail::share_for(1e12), 4u);
+  }
+  EXPECT_EQ(kortexdl::detail::share_for(1e12), 4u);
+}
+
 TEST(ThreadBudget, OneThreadAtATimeOwnsTheIntraOpTeam) {
   // libgomp slows every team down once the teams of several threads
   // outnumber the CPUs, so only one thread opens teams; the others compute

@@ -1,6 +1,7 @@
 #include "parallel/step_combiner.hpp"
 
 #include <chrono>
+#include <optional>
 
 #include <sched.h>
 
@@ -10,6 +11,7 @@
 
 #include "kortexdl/threading.hpp"
 #include "parallel/affinity.hpp"
+#include "parallel/thread_budget.hpp"
 
 namespace kortexdl::detail {
 
@@ -45,13 +47,19 @@ bool StepCombiner::worth_combining(std::size_t rows) {
 void StepCombiner::wait_for_turn(Request& own) {
   const bool spare_cpu = cpu_to_spare();
   const auto until = std::chrono::steady_clock::now() + kPollFor;
-  for (unsigned i = 1;; ++i) {
+  for (unsigned i = 1; !team_running_.load(std::memory_order_relaxed); ++i) {
     wait_a_little(spare_cpu);
     if (own.state.load(std::memory_order_acquire) != kWaiting) break;
     if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
   }
   std::unique_lock<std::mutex> lock(own.handover);
   own.changed.wait(lock, [&] { return own.state.load(std::memory_order_relaxed) != kWaiting; });
+}
+
+void StepCombiner::park(Request& own) {
+  // Only for steps worth a team: for shorter ones the combiner's team would
+  // only start while this waiter polls.
+  if (own.work >= kMinTeamStepFlops) own.parked.emplace();
 }
 
 void StepCombiner::set_state(Request& request, int state) {
@@ -61,22 +69,32 @@ void StepCombiner::set_state(Request& request, int state) {
 }
 
 void StepCombiner::submit(AccessGuard& guard, Request& own) {
+  own.team_owner = owns_intra_op_team();
   bool combiner = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     (tail_ != nullptr ? tail_->next : head_) = &own;
     tail_ = &own;
+    if (own.team_owner) owner_queued_ = &own;
     queued_.fetch_add(1, std::memory_order_release);
-    if (!combining_) combining_ = combiner = true;
+    if (!combining_) {
+      combining_ = combiner = true;
+    } else {
+      park(own);  // before the combiner can see the request
+    }
   }
-  if (!combiner) {
-    wait_for_turn(own);
-    if (own.state.load(std::memory_order_acquire) == kDone) return;
+  for (;;) {
+    if (!combiner) {
+      wait_for_turn(own);
+      own.parked.reset();
+      if (own.state.load(std::memory_order_acquire) == kDone) return;
+    }
+    if (combine(guard, own)) return;
+    combiner = false;  // handed the role to the team owner before its own step ran
   }
-  combine(guard, own);
 }
 
-void StepCombiner::combine(AccessGuard& guard, Request& own) {
+bool StepCombiner::combine(AccessGuard& guard, Request& own) {
   bool own_done = false;
   bool served_others = false;
   bool lingered = false;
@@ -105,6 +123,18 @@ void StepCombiner::combine(AccessGuard& guard, Request& own) {
         break;
       }
       lingered = false;
+      if (owner_queued_ != nullptr && owner_queued_->work >= kMinTeamStepFlops && !owns_intra_op_team() &&
+          share_for(owner_queued_->work) > 1) {
+        // It stays queued, runs the steps before its own (this one's too, if
+        // not done yet) and then its own. Reset before the hand-off: from
+        // then on the new combiner may finish this thread's step.
+        if (!own_done) {
+          own.state.store(kWaiting, std::memory_order_relaxed);
+          park(own);
+        }
+        successor = owner_queued_;
+        break;
+      }
       if (own_done && after_own >= kStepsAfterOwn) {
         successor = head_;  // stays queued: it runs its own step first
         break;
@@ -112,12 +142,19 @@ void StepCombiner::combine(AccessGuard& guard, Request& own) {
       request = head_;
       head_ = request->next;
       if (head_ == nullptr) tail_ = nullptr;
+      if (request == owner_queued_) owner_queued_ = nullptr;
       queued_.fetch_sub(1, std::memory_order_relaxed);
     }
     try {
+      std::optional<TeamScope> team;
+      if (request->work >= kMinTeamStepFlops) team.emplace(team_size_for(request->work));
+      const bool on_team = team && team->threads() > 1;
+      if (on_team) team_running_.store(true, std::memory_order_relaxed);
       AccessGuard::Write access(guard, true, request->operation);
       request->result = request->run(request->context);
+      if (on_team) team_running_.store(false, std::memory_order_relaxed);
     } catch (...) {
+      team_running_.store(false, std::memory_order_relaxed);
       request->error = std::current_exception();
     }
     if (request == &own) {
@@ -130,6 +167,7 @@ void StepCombiner::combine(AccessGuard& guard, Request& own) {
     set_state(*request, kDone);
   }
   if (successor != nullptr) set_state(*successor, kCombine);
+  return own_done;
 }
 
 }  // namespace kortexdl::detail

@@ -43,6 +43,7 @@ std::atomic<std::size_t>& budget() {
 }
 
 std::atomic<std::size_t> in_flight{0};
+std::atomic<std::size_t> parked{0};  // of in_flight
 
 // libgomp gives every thread that opens a parallel region a pool of worker
 // threads of its own, kept until that thread exits. Once the pools together
@@ -121,10 +122,17 @@ namespace detail {
 
 std::size_t share_for(double flops) {
   const std::size_t total = budget().load(std::memory_order_relaxed);
-  const std::size_t callers = std::max<std::size_t>(1, in_flight.load(std::memory_order_relaxed));
+  const std::size_t calls = in_flight.load(std::memory_order_relaxed);
+  const std::size_t waiting = parked.load(std::memory_order_relaxed);
+  const std::size_t callers = calls > waiting ? calls - waiting : 1;
   const std::size_t share = std::max<std::size_t>(1, total / callers);
   const auto useful = static_cast<std::size_t>(std::max(1.0, flops / kMinFlopsPerExtraThread));
   return std::min(share, useful);
+}
+
+std::size_t team_size_for(double flops) {
+  const std::size_t threads = share_for(flops);
+  return threads > 1 && may_use_team() ? threads : 1;
 }
 
 bool owns_intra_op_team() { return this_thread_team.owner; }
@@ -133,22 +141,31 @@ void release_intra_op_team() { this_thread_team.release(); }
 
 bool fork_handler_installed() { return fork_handler_registered; }
 
-ComputeScope::ComputeScope(double flops) {
-  ensure_alternate_signal_stack();
-  in_flight.fetch_add(1, std::memory_order_relaxed);
-  threads_ = share_for(flops);
-  if (threads_ > 1 && !may_use_team()) threads_ = 1;
-  // Before the first parallel region: pool threads libgomp starts during
-  // this call inherit the mask and never run a handler.
+TeamScope::TeamScope(std::size_t threads) : threads_(threads), previous_(omp_get_max_threads()) {
+  // Before the first parallel region: pool threads libgomp starts while this
+  // scope lasts inherit the mask and never run a handler.
   if (threads_ > 1) signals_held_.emplace();
-  previous_ = omp_get_max_threads();
   if (previous_ != static_cast<int>(threads_)) omp_set_num_threads(static_cast<int>(threads_));
 }
 
-ComputeScope::~ComputeScope() {
+TeamScope::~TeamScope() {
   if (previous_ != static_cast<int>(threads_)) omp_set_num_threads(previous_);
+}
+
+ComputeScope::ComputeScope(double flops) {
+  ensure_alternate_signal_stack();
+  in_flight.fetch_add(1, std::memory_order_relaxed);
+  team_.emplace(team_size_for(flops));
+}
+
+ComputeScope::~ComputeScope() {
+  team_.reset();
   in_flight.fetch_sub(1, std::memory_order_relaxed);
 }
+
+ParkedCall::ParkedCall() { parked.fetch_add(1, std::memory_order_relaxed); }
+
+ParkedCall::~ParkedCall() { parked.fetch_sub(1, std::memory_order_relaxed); }
 
 }  // namespace detail
 }  // namespace kortexdl

@@ -10,13 +10,28 @@ namespace kortexdl::detail {
 // Below this much work a parallel region costs more than it saves.
 inline constexpr double kMinFlopsPerExtraThread = 4.0e6;
 
-// RAII for one compute call: counts the call as in flight and sets the
-// calling thread's OpenMP team size to its share of the budget (OpenMP's
-// thread count is a per-thread setting, so it is set on every call), then
-// restores the previous setting. It also keeps signal handlers off the
-// heap while oneDNN's GEMM runs (signal_safety.hpp): the thread gets an
-// alternate signal stack, and a multi-threaded call holds asynchronous
-// signals back until it returns.
+// Sets the calling thread's OpenMP team size for the regions it opens, for
+// the object's lifetime (OpenMP's thread count is a per-thread setting), and
+// holds asynchronous signals back while that is more than one thread
+// (signal_safety.hpp: pool threads libgomp starts meanwhile inherit the
+// mask and never run a handler).
+class TeamScope {
+ public:
+  explicit TeamScope(std::size_t threads);
+  ~TeamScope();
+  TeamScope(const TeamScope&) = delete;
+  TeamScope& operator=(const TeamScope&) = delete;
+  std::size_t threads() const { return threads_; }
+
+ private:
+  std::size_t threads_;
+  int previous_;
+  std::optional<AsynchronousSignalsBlocked> signals_held_;
+};
+
+// RAII for one compute call: counts the call as in flight, gives the calling
+// thread's regions its share of the budget (TeamScope) and the thread an
+// alternate signal stack (signal_safety.hpp).
 class ComputeScope {
  public:
   // flops: an estimate of the call's work; small calls run on one thread.
@@ -24,16 +39,29 @@ class ComputeScope {
   ~ComputeScope();
   ComputeScope(const ComputeScope&) = delete;
   ComputeScope& operator=(const ComputeScope&) = delete;
-  std::size_t threads() const { return threads_; }
+  std::size_t threads() const { return team_->threads(); }
 
  private:
-  std::size_t threads_ = 1;
-  int previous_ = 1;
-  std::optional<AsynchronousSignalsBlocked> signals_held_;
+  std::optional<TeamScope> team_;
 };
 
-// Threads the caller may use for a region of `flops` work right now.
+// A call in flight that waits while another thread runs its work (a queued
+// training step, parallel/step_combiner.hpp) does not use a core, so for the
+// object's lifetime it is not counted among the calls that share the budget.
+class ParkedCall {
+ public:
+  ParkedCall();
+  ~ParkedCall();
+  ParkedCall(const ParkedCall&) = delete;
+  ParkedCall& operator=(const ParkedCall&) = delete;
+};
+
+// Threads the caller may use for a region of `flops` work right now: its
+// share of the budget among the calls in flight that are not parked.
 std::size_t share_for(double flops);
+// share_for, limited to one thread unless this thread owns (or may now take)
+// the intra-op team.
+std::size_t team_size_for(double flops);
 
 // Whether this thread owns the intra-op team (see thread_budget.cpp: one
 // thread at a time opens OpenMP teams), and giving it up while the thread
