@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/gil_handoff_ab.py                 # defaults below
     .venv/bin/python bench/gil_handoff_ab.py --threads 2 16 --repeat 9 --json out.json
+    .venv/bin/python bench/gil_handoff_ab.py --case large/train/1 --budget 0 \
+        --library before=/tmp/ab/head --library after=build    # two builds of libkortexdl.so.0
 
 Three variants of the Python bindings, chosen with their environment
 variables (docs/python.md, "Threads"), each in a fresh worker process:
@@ -19,6 +21,15 @@ sequential / threaded time. The variants take turns in a rotating order,
 one worker per variant and repeat, so machine noise hits all of them alike;
 every figure is the median over the repeats. Reported: each variant's
 speedup and the default's over plain.
+
+--library NAME=DIR (repeatable) compares builds of the library instead:
+each variant runs with DIR first on LD_LIBRARY_PATH (a directory holding a
+libkortexdl.so.0, e.g. a copy of an older build's), with the GIL settings
+at their defaults; the last column is the last variant's speedup over the
+first's. --budget sets kortexdl.set_num_threads (default 1: one core per
+call; 0: the default budget). Every timing runs on threads started for it,
+so the sequential timing's thread does not keep the intra-op team
+(docs/CONCURRENCY.md, "Threads per call") while the threads time theirs.
 """
 
 import argparse
@@ -52,8 +63,8 @@ import json, sys, threading, time
 import numpy as np
 import kortexdl
 
-kortexdl.set_num_threads(1)
 spec = json.loads(sys.argv[1])
+kortexdl.set_num_threads(spec["budget"])
 rng = np.random.default_rng(0)
 results = []
 for config, op, batch in spec["cases"]:
@@ -66,26 +77,26 @@ for config, op, batch in spec["cases"]:
         call = (lambda: net.forward(x[0])) if batch == 1 else (lambda: net.forward(x))
     else:
         call = lambda: net.train_batch(x, y, kortexdl.LossType.CrossEntropy, 1e-4)
-    start = time.perf_counter()
-    n = 0
-    while time.perf_counter() - start < spec["min_time"]:
-        call()
-        n += 1
-    for threads in spec["threads"]:
-        calls = max(threads, n - n % threads)
 
-        def work(count):
-            for _ in range(count):
-                call()
+    def calibrate():
+        start = time.perf_counter()
+        while time.perf_counter() - start < spec["min_time"]:
+            call()
+            calibrated[0] += 1
 
-        t0 = time.perf_counter()
-        work(calls)
-        sequential = time.perf_counter() - t0
+    calibrated = [0]
+    once = threading.Thread(target=calibrate)  # not on the main thread: it would keep the intra-op team
+    once.start()
+    once.join()
+    n = calibrated[0]
+
+    def timed(threads, count):
         barrier = threading.Barrier(threads + 1)
 
         def worker():
             barrier.wait()
-            work(calls // threads)
+            for _ in range(count):
+                call()
 
         pool = [threading.Thread(target=worker) for _ in range(threads)]
         for t in pool:
@@ -94,7 +105,12 @@ for config, op, batch in spec["cases"]:
         t0 = time.perf_counter()
         for t in pool:
             t.join()
-        threaded = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    for threads in spec["threads"]:
+        calls = max(threads, n - n % threads)
+        sequential = timed(1, calls)
+        threaded = timed(threads, calls // threads)
         results.append({"config": config, "op": op, "batch": batch, "threads": threads,
                         "us_per_call": sequential / calls * 1e6, "speedup": sequential / threaded})
 print(json.dumps({"results": results, "handoff": kortexdl.gil_stats()["gil_handoff"]}))
@@ -108,9 +124,27 @@ def main():
     parser.add_argument("--min-time", type=float, default=0.15, help="seconds per sequential timing")
     parser.add_argument("--case", nargs="+", help="config/op/batch, e.g. small/forward/32 (default: all)")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--budget", type=int, default=1, help="kortexdl.set_num_threads (0: the default budget)")
+    parser.add_argument("--library", action="append", metavar="NAME=DIR",
+                        help="compare builds: run variant NAME with DIR first on LD_LIBRARY_PATH (repeatable)")
     args = parser.parse_args()
     if any(t < 1 or t > 64 for t in args.threads) or args.repeat < 1 or args.min_time <= 0:
         parser.error("--threads in 1..64, --repeat >= 1, --min-time > 0")
+    if not 0 <= args.budget <= 4096:
+        parser.error("--budget in 0..4096")
+    variants = VARIANTS
+    if args.library:
+        variants = {}
+        for text in args.library:
+            name, _, directory = text.partition("=")
+            if not name or not directory or name in variants:
+                parser.error(f"--library {text}: expected NAME=DIR with a new NAME")
+            if not os.path.isfile(os.path.join(directory, "libkortexdl.so.0")):
+                parser.error(f"--library {text}: no libkortexdl.so.0 in {directory}")
+            path = os.path.abspath(directory)
+            if os.environ.get("LD_LIBRARY_PATH"):
+                path += os.pathsep + os.environ["LD_LIBRARY_PATH"]
+            variants[name] = {"LD_LIBRARY_PATH": path}
     cases = CASES
     if args.case:
         cases = []
@@ -120,14 +154,15 @@ def main():
                     or not parts[2].isdigit() or not 1 <= int(parts[2]) <= 4096):
                 parser.error(f"unknown case {text} (config/op/batch: small|medium|large, forward|train, 1-4096)")
             cases.append((parts[0], parts[1], int(parts[2])))
-    spec = json.dumps({"cases": cases, "sizes": SIZES, "threads": args.threads, "min_time": args.min_time})
-    names = list(VARIANTS)
+    spec = json.dumps({"cases": cases, "sizes": SIZES, "threads": args.threads, "min_time": args.min_time,
+                       "budget": args.budget})
+    names = list(variants)
     speedups = {}  # (variant, case, threads) -> [speedup per repeat]
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     for repeat in range(args.repeat):
         order = names[repeat % len(names):] + names[:repeat % len(names)]
         for name in order:
-            env = dict(os.environ, **VARIANTS[name])
+            env = dict(os.environ, **variants[name])
             done = subprocess.run([sys.executable, "-c", WORKER, spec], env=env, capture_output=True, text=True,
                                   timeout=1800)
             if done.returncode != 0:
@@ -136,22 +171,25 @@ def main():
                 key = (name, f"{r['config']}/{r['op']}/{r['batch']}", r["threads"])
                 speedups.setdefault(key, []).append(r["speedup"])
         print(f"repeat {repeat + 1}/{args.repeat} done", file=sys.stderr, flush=True)
-    print(f"# GIL hand-off A/B, {started}, {os.cpu_count()} CPUs, medians of {args.repeat} repeats")
+    what = "library builds" if args.library else "GIL hand-off"
+    print(f"# {what} A/B, {started}, {os.cpu_count()} CPUs, budget {args.budget}, medians of {args.repeat} repeats")
     print(f"# {' '.join(sys.argv)}")
     print()
-    print("| case | threads | plain | poll | default | default / plain |")
-    print("|:---|---:|---:|---:|---:|---:|")
+    first, last = names[0], names[-1]
+    print(f"| case | threads | {' | '.join(names)} | {last} / {first} |")
+    print("|:---|---:|" + "---:|" * (len(names) + 1))
     rows = []
     for config, op, batch in cases:
         case = f"{config}/{op}/{batch}"
         for threads in args.threads:
             med = {n: statistics.median(speedups[(n, case, threads)]) for n in names}
             rows.append({"case": case, "threads": threads, **{n: speedups[(n, case, threads)] for n in names}})
-            print(f"| {case} | {threads} | {med['plain']:.2f} | {med['poll']:.2f} | {med['default']:.2f} | "
-                  f"{med['default'] / med['plain']:.2f}x |")
+            cells = " | ".join(f"{med[n]:.2f}" for n in names)
+            print(f"| {case} | {threads} | {cells} | {med[last] / med[first]:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"started": started, "argv": sys.argv, "rows": rows}, f, indent=1)
+            json.dump({"started": started, "argv": sys.argv, "budget": args.budget, "variants": variants,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,35 @@ def test_gil_handoff_ab_runs_every_variant(tmp_path):
     for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0"):
         bad = subprocess.run([sys.executable, AB_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
+
+
+def loaded_library_dir():
+    import kortexdl  # noqa: F401  (loads libkortexdl.so.0)
+
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "/libkortexdl.so" in line:
+                return os.path.dirname(line.split()[-1])
+    raise AssertionError("libkortexdl.so.0 is not loaded")
+
+
+def test_gil_handoff_ab_compares_library_builds(tmp_path):
+    library = loaded_library_dir()
+    out = tmp_path / "builds.json"
+    cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "--repeat", "1", "--min-time", "0.01", "--budget", "0",
+           "--case", "small/train/1", "--library", f"one={library}", "--library", f"two={library}",
+           "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert report["budget"] == 0 and list(report["variants"]) == ["one", "two"]
+    assert report["variants"]["one"]["LD_LIBRARY_PATH"].split(os.pathsep)[0] == os.path.abspath(library)
+    [row] = report["rows"]
+    assert row["case"] == "small/train/1" and len(row["one"]) == 1 and len(row["two"]) == 1
+    assert "| case | threads | one | two | two / one |" in p.stdout
+    for bad_args, message in ((["--library", f"one={tmp_path}"], "no libkortexdl.so.0"),
+                              (["--library", f"one={library}", "--library", f"one={library}"], "new NAME"),
+                              (["--library", "one"], "NAME=DIR"),
+                              (["--budget", "-1"], "--budget")):
+        bad = subprocess.run([sys.executable, AB_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
