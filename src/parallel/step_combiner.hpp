@@ -60,13 +60,15 @@ class StepCombiner {
   // so a combiner that does not own it hands the role to the owner as soon
   // as the owner's step is queued; the owner runs at most kStepsAfterOwn for
   // others, as anyone, and the waiters sleep meanwhile rather than take a
-  // core from the team. With the default budget, two threads training a
+  // core from the team. With the default budget, threads training a
   // 1000-512-256-128-10 network at batch 1 (about 100 MFLOP of work by this
-  // estimate) made 0.42-0.56x the steps of one thread before (combined steps
-  // ran on one core while one thread alone used a team of two), 0.67-0.91x
-  // with this. Shorter steps run as their combiner's own call was set up:
-  // at 784-256-128-10 (35 MFLOP) waking the waiter after each step cost as
-  // much as the team saved (0.66-0.73x against 0.75-0.93x).
+  // estimate) made 0.56x / 0.55x / 0.53x the steps of one thread at 2 / 4 /
+  // 16 threads before (combined steps ran on one core while one thread
+  // alone used a team of two), 0.92x / 0.80x / 0.72x with this
+  // (bench/gil_handoff_ab.py --library, docs/BENCHMARKS.md). Shorter steps
+  // run as their combiner's own call was set up: at 784-256-128-10 (35
+  // MFLOP) waking the waiter after each step cost as much as the team saved
+  // (0.66-0.73x against 0.75-0.93x at 2 threads).
   static constexpr double kMinTeamStepFlops = 50.0e6;
 
   // Runs step() (`work` flops) with `guard` held exclusively (locked), on
