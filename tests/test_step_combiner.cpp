@@ -136,23 +136,25 @@ TEST(StepCombiner, SmallStepsAlwaysCombineLargerOnesWhenCallsOutnumberCpus) {
 TEST(StepCombiner, TheTeamOwnerRunsCombinedStepsOnItsTeam) {
   // Only the thread that owns the intra-op team may run a step on several
   // threads, so a combiner that does not own it hands the role to the owner
-  // while the owner's step is queued. Two threads, budget 2, steps worth a
-  // team: nearly all run on the owner's thread, nearly all on two OpenMP
-  // threads (with a fair share of the combiner role, about half would run
-  // on the other thread, on one).
+  // whenever the owner's step is queued: the owner's steps all run on the
+  // owner's thread, and the other thread's steps that the owner runs (the
+  // other thread parked meanwhile) get the whole budget of 2. Without the
+  // hand-off, the other thread runs the owner's queued steps on one thread.
   kortex_test::ThreadBudget budget(2);
   kortexdl::detail::release_intra_op_team();  // this thread may own it from an earlier test
   AccessGuard guard;
   StepCombiner combiner;
-  constexpr int kSteps = 300;
+  constexpr int kSteps = 150;
   constexpr double kWork = 1e12;
-  std::atomic<int> on_owner{0};
-  std::atomic<int> owner_with_team{0};
+  std::atomic<int> owner_steps_elsewhere{0};
+  std::atomic<int> others_on_owner{0};
+  std::atomic<int> others_on_owner_without_team{0};
   std::atomic<bool> owner_ready{false};
   std::atomic<std::thread::id> owner_id{};
   auto caller = [&](bool owner) {
     if (owner) {
       kortexdl::detail::ComputeScope claim(kWork);  // takes the team
+      ASSERT_TRUE(kortexdl::detail::owns_intra_op_team());
       owner_id = std::this_thread::get_id();
       owner_ready = true;
     }
@@ -160,10 +162,13 @@ TEST(StepCombiner, TheTeamOwnerRunsCombinedStepsOnItsTeam) {
     for (int i = 0; i < kSteps; ++i) {
       kortexdl::detail::ComputeScope scope(kWork);
       auto step = [&] {
-        busy_for(std::chrono::microseconds(50));
-        if (std::this_thread::get_id() == owner_id.load()) {
-          on_owner.fetch_add(1);
-          if (omp_get_max_threads() == 2) owner_with_team.fetch_add(1);
+        // Long enough that the other thread's next step arrives meanwhile.
+        busy_for(std::chrono::microseconds(200));
+        const bool on_owner_thread = std::this_thread::get_id() == owner_id.load();
+        if (owner && !on_owner_thread) owner_steps_elsewhere.fetch_add(1);
+        if (!owner && on_owner_thread) {
+          others_on_owner.fetch_add(1);
+          if (omp_get_max_threads() != 2) others_on_owner_without_team.fetch_add(1);
         }
         return 0.0f;
       };
@@ -175,10 +180,9 @@ TEST(StepCombiner, TheTeamOwnerRunsCombinedStepsOnItsTeam) {
   std::thread other(caller, false);
   owner.join();
   other.join();
-  EXPECT_GT(on_owner.load(), 2 * kSteps * 8 / 10);
-  // A step runs on one thread when the other caller is between calls (its
-  // call counts as computing until it is queued).
-  EXPECT_GT(owner_with_team.load(), on_owner.load() * 8 / 10);
+  EXPECT_EQ(owner_steps_elsewhere.load(), 0);
+  EXPECT_GT(others_on_owner.load(), 0);
+  EXPECT_EQ(others_on_owner_without_team.load(), 0);
 }
 
 NetworkConfig momentum_config() {
