@@ -48,9 +48,14 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
   std::atomic<int> inside{0};
   std::atomic<int> overlaps{0};
   std::atomic<int> wrong_results{0};
+  // All start together: under a sanitizer, starting a thread can take longer
+  // than another thread's 300 steps, and steps that never overlap are never
+  // combined.
+  kortex_test::TimedLatch start(kThreads);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
+      start.arrive_and_wait();
       for (int i = 0; i < kSteps; ++i) {
         auto step = [&] {
           if (inside.fetch_add(1) != 0) overlaps.fetch_add(1);
