@@ -48,17 +48,22 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
   std::atomic<int> inside{0};
   std::atomic<int> overlaps{0};
   std::atomic<int> wrong_results{0};
-  // All start together: under a sanitizer, starting a thread can take longer
-  // than another thread's 300 steps, and steps that never overlap are never
-  // combined.
-  kortex_test::TimedLatch start(kThreads);
+  // Thread 0's first step waits until the others are about to submit
+  // theirs, so those queue behind it and are combined: steps that never
+  // overlap in time (on a loaded machine a thread may make all its steps
+  // within one time slice) are never combined.
+  std::atomic<int> submitting{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      start.arrive_and_wait();
       for (int i = 0; i < kSteps; ++i) {
+        if (t != 0 && i == 0) submitting.fetch_add(1);
         auto step = [&] {
           if (inside.fetch_add(1) != 0) overlaps.fetch_add(1);
+          if (t == 0 && i == 0) {
+            while (submitting.load() < kThreads - 1) std::this_thread::yield();
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          }
           unguarded_total += t + 1;
           busy_for(std::chrono::microseconds(5));
           inside.fetch_sub(1);
