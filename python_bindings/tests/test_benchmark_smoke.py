@@ -159,11 +159,8 @@ def test_gil_handoff_ab_runs_every_variant(tmp_path):
 def loaded_library_dir():
     import kortexdl  # noqa: F401  (loads libkortexdl.so.0)
 
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "/libkortexdl.so" in line:
-                return os.path.dirname(line.split()[-1])
-    raise AssertionError("libkortexdl.so.0 is not loaded")
+    [library] = [path for path in load_script().built_files() if "/libkortexdl.so" in path]
+    return os.path.dirname(library)
 
 
 def test_gil_handoff_ab_compares_library_builds(tmp_path):

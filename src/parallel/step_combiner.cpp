@@ -69,13 +69,13 @@ void StepCombiner::set_state(Request& request, int state) {
 }
 
 void StepCombiner::submit(AccessGuard& guard, Request& own) {
-  own.team_owner = owns_intra_op_team();
+  const bool team_owner = owns_intra_op_team();
   bool combiner = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     (tail_ != nullptr ? tail_->next : head_) = &own;
     tail_ = &own;
-    if (own.team_owner) owner_queued_ = &own;
+    if (team_owner) owner_queued_ = &own;
     queued_.fetch_add(1, std::memory_order_release);
     if (!combining_) {
       combining_ = combiner = true;
@@ -149,17 +149,18 @@ bool StepCombiner::combine(AccessGuard& guard, Request& own) {
       if (request == owner_queued_) owner_queued_ = nullptr;
       queued_.fetch_sub(1, std::memory_order_relaxed);
     }
-    try {
+    {
       std::optional<TeamScope> team;
       if (request->work >= kMinTeamStepFlops) team.emplace(team_size_for(request->work));
       const bool on_team = team && team->threads() > 1;
       if (on_team) team_running_.store(true, std::memory_order_relaxed);
-      AccessGuard::Write access(guard, true, request->operation);
-      request->result = request->run(request->context);
+      try {
+        AccessGuard::Write access(guard, true, request->operation);
+        request->result = request->run(request->context);
+      } catch (...) {
+        request->error = std::current_exception();
+      }
       if (on_team) team_running_.store(false, std::memory_order_relaxed);
-    } catch (...) {
-      team_running_.store(false, std::memory_order_relaxed);
-      request->error = std::current_exception();
     }
     if (request == &own) {
       own_done = true;

@@ -98,7 +98,6 @@ class StepCombiner {
     void* context = nullptr;
     const char* operation = nullptr;
     double work = 0.0;
-    bool team_owner = false;  // submitted by the thread that owns the intra-op team
     // While queued, the call leaves its share of the budget to the combiner
     // (set and reset by the submitting thread only, before the combiner can
     // see the request and after it is done with it).
