@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "kortexdl/version.hpp"
 #include "network_state.hpp"
 #include "optimizer_update.hpp"
+#include "parallel/affinity.hpp"
 #include "parallel/thread_budget.hpp"
 #include "validation.hpp"
 #include "workspace.hpp"
@@ -170,15 +172,21 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   detail::check_finite(inputs, "inputs");
 
   const double work = s.arch.training_work(batch_size);
+  // Locked, large steps run at most one per CPU at a time, the others asleep
+  // in line (parallel/step_gate.hpp); admitted before the call counts as in
+  // flight, so the budget is shared among the admitted ones only.
+  const bool gated = lock && detail::StepGate::worth_gating(batch_size, work);
+  std::optional<detail::StepGate::Admission> admission;
+  if (gated) admission.emplace(s.gate, detail::allowed_cpu_count());
   ComputeScope scope(work);
   const float scale = 1.0f / static_cast<float>(batch_size);
   auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
-  // Locked, small steps (and any step while calls outnumber the CPUs) are
-  // run one after another by one of the concurrent callers
-  // (parallel/step_combiner.hpp); the others compute their gradients under
-  // the shared lock and only the update is exclusive.
+  // Locked, small steps (and, while calls outnumber the CPUs, those the gate
+  // does not take) are run one after another by one of the concurrent
+  // callers (parallel/step_combiner.hpp); the others compute their gradients
+  // under the shared lock and only the update is exclusive.
   // Unlocked, the whole step is one write.
-  const bool combine = lock && detail::StepCombiner::worth_combining(batch_size);
+  const bool combine = lock && !gated && detail::StepCombiner::worth_combining(batch_size);
   auto step = [&](auto compute_gradients, auto checked_update) {
     if (combine) {
       auto whole_step = [&] {

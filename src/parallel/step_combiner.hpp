@@ -51,6 +51,7 @@ class StepCombiner {
   // rows on two cores, four threads made 0.29x (100-50-10) and 0.90x
   // (784-256-128-10) the steps of one thread that way, 0.95x and 1.12x
   // combined; two threads did better overlapping their gradient phases).
+  // Larger steps that pass the step gate (step_gate.hpp) are not asked.
   static bool worth_combining(std::size_t rows);
   static constexpr std::size_t kStepsAfterOwn = 64;
 

@@ -1,0 +1,92 @@
+#include "parallel/step_gate.hpp"
+
+#include <algorithm>
+
+#include "kortexdl/threading.hpp"
+#include "parallel/step_combiner.hpp"
+
+namespace kortexdl::detail {
+
+bool StepGate::worth_gating(std::size_t rows, double work) {
+  if (rows <= StepCombiner::kMaxRows || work < kMinWork) return false;
+  return work < StepCombiner::kMinTeamStepFlops || get_num_threads() <= 1;
+}
+
+bool StepGate::head_overdue(Clock::time_point now) const {
+  return head_ != nullptr && now >= head_->deadline;
+}
+
+void StepGate::pop_head(Clock::time_point now) {
+  head_ = head_->next;
+  --waiting_;
+  if (head_ == nullptr) {
+    tail_ = nullptr;
+    return;
+  }
+  // The new head sleeps without a timeout: wake it to start its turn.
+  head_->deadline = now + kTurn;
+  head_->turn.notify_one();
+}
+
+StepGate::Admission::Admission(StepGate& gate, std::size_t slots) : gate_(gate) {
+  slots = std::max<std::size_t>(slots, 1);
+  std::unique_lock<std::mutex> lock(gate.mutex_);
+  const Clock::time_point now = Clock::now();
+  if (gate.admitted_ < slots && !gate.head_overdue(now)) {
+    ++gate.admitted_;
+    return;
+  }
+  Waiter self;
+  if (gate.tail_ != nullptr) {
+    gate.tail_->next = &self;
+  } else {
+    gate.head_ = &self;
+    self.deadline = now + kTurn;
+  }
+  gate.tail_ = &self;
+  ++gate.waiting_;
+  while (!self.admitted) {
+    if (gate.head_ != &self) {
+      self.turn.wait(lock);
+      continue;
+    }
+    // At the head until the turn ends: a freed slot goes to whoever arrives
+    // first. Then the next freed slot is this thread's, or a free one now.
+    if (self.turn.wait_until(lock, self.deadline) == std::cv_status::no_timeout) continue;
+    if (self.admitted) break;
+    if (gate.admitted_ < slots) {
+      ++gate.admitted_;
+      gate.pop_head(Clock::now());
+      break;
+    }
+    self.turn.wait(lock, [&] { return self.admitted; });
+  }
+}
+
+StepGate::Admission::~Admission() {
+  std::lock_guard<std::mutex> lock(gate_.mutex_);
+  const Clock::time_point now = Clock::now();
+  if (!gate_.head_overdue(now)) {
+    --gate_.admitted_;
+    return;
+  }
+  // The slot passes straight to the head, so admitted_ is unchanged. Under
+  // the mutex: the waiter's node (and its condition variable) lives on its
+  // stack and may go as soon as it has been admitted and the mutex is free.
+  Waiter* head = gate_.head_;
+  gate_.pop_head(now);
+  head->admitted = true;
+  head->turn.notify_one();
+}
+
+std::size_t StepGate::admitted() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return admitted_;
+}
+
+std::size_t StepGate::waiting() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return waiting_;
+}
+
+}  // namespace kortexdl::detail

@@ -1,0 +1,224 @@
+// Large locked training steps pass a gate that admits one per CPU
+// (src/parallel/step_gate.hpp). What must hold:
+//  * never more steps inside than slots, and every arrival gets in;
+//  * a freed slot goes to the next arrival during the first sleeper's turn,
+//    and to that sleeper after it, so nobody waits for ever, also when the
+//    threads inside keep coming back;
+//  * which steps pass it;
+//  * threads training one network through it lose no step.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "architecture.hpp"
+#include "kortexdl/kortexdl.hpp"
+#include "parallel/step_combiner.hpp"
+#include "parallel/step_gate.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using kortexdl::detail::StepCombiner;
+using kortexdl::detail::StepGate;
+using Clock = std::chrono::steady_clock;
+
+void busy_for(std::chrono::microseconds d) {
+  const auto end = Clock::now() + d;
+  while (Clock::now() < end) {
+  }
+}
+
+void wait_until_waiting(const StepGate& gate, std::size_t count) {
+  const auto give_up = Clock::now() + std::chrono::seconds(20);
+  while (gate.waiting() < count && Clock::now() < give_up) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  ASSERT_GE(gate.waiting(), count) << "threads never queued";
+}
+
+TEST(StepGate, NeverAdmitsMoreThanItsSlots) {
+  constexpr std::size_t kSlots = 2;
+  constexpr int kThreads = 6;
+  constexpr int kSteps = 60;
+  StepGate gate;
+  std::atomic<int> inside{0};
+  std::atomic<int> most_inside{0};
+  std::atomic<int> steps{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kSteps; ++i) {
+        StepGate::Admission admission(gate, kSlots);
+        const int now_inside = inside.fetch_add(1) + 1;
+        int seen = most_inside.load();
+        while (now_inside > seen && !most_inside.compare_exchange_weak(seen, now_inside)) {
+        }
+        busy_for(std::chrono::microseconds(100));
+        inside.fetch_sub(1);
+        steps.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(steps.load(), kThreads * kSteps);
+  EXPECT_LE(most_inside.load(), static_cast<int>(kSlots));
+  EXPECT_GE(most_inside.load(), 1);
+  EXPECT_EQ(gate.admitted(), 0u);
+  EXPECT_EQ(gate.waiting(), 0u);
+}
+
+TEST(StepGate, ZeroSlotsMeansOne) {
+  StepGate gate;
+  std::optional<StepGate::Admission> first;
+  first.emplace(gate, 0);
+  EXPECT_EQ(gate.admitted(), 1u);
+  std::atomic<bool> second_in{false};
+  std::thread second([&] {
+    StepGate::Admission admission(gate, 0);
+    second_in = true;
+  });
+  wait_until_waiting(gate, 1);
+  EXPECT_FALSE(second_in.load());
+  first.reset();
+  second.join();
+  EXPECT_TRUE(second_in.load());
+  EXPECT_EQ(gate.admitted(), 0u);
+}
+
+TEST(StepGate, AFreedSlotGoesToTheNextArrivalDuringTheSleepersTurn) {
+  // One slot, held by this thread; another thread sleeps for it. Freeing
+  // the slot and arriving again at once takes it back (the sleeper's turn
+  // lasts kTurn), unless this thread was held up for the whole turn.
+  StepGate gate;
+  std::optional<StepGate::Admission> held;
+  held.emplace(gate, 1);
+  std::atomic<bool> sleeper_in{false};
+  std::thread sleeper([&] {
+    StepGate::Admission admission(gate, 1);
+    sleeper_in = true;
+  });
+  wait_until_waiting(gate, 1);
+  const auto queued_by = Clock::now();
+  held.reset();
+  held.emplace(gate, 1);
+  const auto back_at = Clock::now();
+  if (back_at - queued_by < StepGate::kTurn) {
+    EXPECT_FALSE(sleeper_in.load()) << "the sleeper took a slot freed during its turn";
+  }
+  EXPECT_EQ(gate.admitted(), 1u);
+  held.reset();
+  sleeper.join();
+  EXPECT_TRUE(sleeper_in.load());
+}
+
+TEST(StepGate, TheFirstSleeperGetsASlotNobodyTakes) {
+  // The holder leaves for good: the sleeper gets the slot at the end of its
+  // turn without anyone arriving.
+  StepGate gate;
+  std::optional<StepGate::Admission> held;
+  held.emplace(gate, 1);
+  std::thread sleeper([&] { StepGate::Admission admission(gate, 1); });
+  wait_until_waiting(gate, 1);
+  const auto freed_at = Clock::now();
+  held.reset();
+  sleeper.join();
+  EXPECT_LT(Clock::now() - freed_at, std::chrono::seconds(10));
+  EXPECT_EQ(gate.admitted(), 0u);
+  EXPECT_EQ(gate.waiting(), 0u);
+}
+
+TEST(StepGate, SleepersGetInWhileTheThreadsInsideKeepComingBack) {
+  // Two threads take both slots over and over with no pause between steps,
+  // so a freed slot always finds one of them arriving; three sleepers must
+  // still get in, each after about one turn, while the two keep going.
+  constexpr std::size_t kSlots = 2;
+  constexpr int kSleepers = 3;
+  StepGate gate;
+  std::atomic<bool> stop{false};
+  std::atomic<bool> gave_up{false};
+  std::atomic<int> hog_steps{0};
+  std::vector<std::thread> hogs;
+  for (std::size_t h = 0; h < kSlots; ++h) {
+    hogs.emplace_back([&] {
+      const auto give_up = Clock::now() + std::chrono::seconds(20);
+      while (!stop.load()) {
+        if (Clock::now() > give_up) {
+          gave_up = true;  // the sleepers never got in while the hogs ran
+          return;
+        }
+        StepGate::Admission admission(gate, kSlots);
+        busy_for(std::chrono::microseconds(50));
+        hog_steps.fetch_add(1);
+      }
+    });
+  }
+  while (hog_steps.load() < 10) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  std::atomic<int> sleepers_in{0};
+  std::vector<std::thread> sleepers;
+  for (int s = 0; s < kSleepers; ++s) {
+    sleepers.emplace_back([&] {
+      StepGate::Admission admission(gate, kSlots);
+      sleepers_in.fetch_add(1);
+    });
+  }
+  for (auto& t : sleepers) t.join();
+  stop = true;
+  for (auto& t : hogs) t.join();
+  EXPECT_EQ(sleepers_in.load(), kSleepers);
+  EXPECT_FALSE(gave_up.load());
+  EXPECT_EQ(gate.admitted(), 0u);
+  EXPECT_EQ(gate.waiting(), 0u);
+}
+
+TEST(StepGate, PassesLargeStepsThatWouldNotRunOnATeam) {
+  kortex_test::ThreadBudget one(1);
+  EXPECT_FALSE(StepGate::worth_gating(1, 1e9));
+  EXPECT_FALSE(StepGate::worth_gating(StepCombiner::kMaxRows, 1e9));
+  EXPECT_FALSE(StepGate::worth_gating(StepCombiner::kMaxRows + 1, StepGate::kMinWork / 2));
+  EXPECT_TRUE(StepGate::worth_gating(StepCombiner::kMaxRows + 1, StepGate::kMinWork));
+  EXPECT_TRUE(StepGate::worth_gating(256, StepCombiner::kMinTeamStepFlops * 10));
+  kortex_test::ThreadBudget two(2);
+  EXPECT_TRUE(StepGate::worth_gating(256, StepGate::kMinWork));
+  EXPECT_FALSE(StepGate::worth_gating(256, StepCombiner::kMinTeamStepFlops));
+}
+
+TEST(StepGate, ThreadsTrainingOneNetworkLoseNoStep) {
+  // More threads than CPUs, large steps: they pass the gate, and every step
+  // is applied once (the version counts updates).
+  kortex_test::ThreadBudget one(1);
+  constexpr int kThreads = 6;
+  constexpr int kSteps = 12;
+  constexpr std::size_t kRows = 64;
+  kortexdl::NetworkConfig config;
+  config.seed = 3;
+  kortexdl::Network net({256, 128, 10}, config);
+  net.enable_thread_safety(true);
+  const auto arch = kortexdl::detail::Architecture::make({256, 128, 10}, config.hidden_activation,
+                                                        config.output_activation);
+  ASSERT_TRUE(StepGate::worth_gating(kRows, arch.training_work(kRows)));
+  const std::vector<float> x = kortex_test::normal_floats(kRows * 256, 2);
+  std::vector<std::int32_t> labels(kRows);
+  for (std::size_t r = 0; r < kRows; ++r) labels[r] = static_cast<std::int32_t>(r % 10);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kSteps; ++i) {
+        try {
+          const float loss = net.train_batch(x, labels, kortexdl::LossType::CrossEntropy, 0.01f, kRows);
+          if (!(loss > 0.0f)) failures.fetch_add(1);
+        } catch (...) {
+          failures.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(net.version(), static_cast<std::uint64_t>(kThreads * kSteps));
+}
+
+}  // namespace
