@@ -3,7 +3,8 @@
 //  * never more steps inside than slots, and every arrival gets in;
 //  * a freed slot goes to the next arrival during the first sleeper's turn,
 //    and to that sleeper after it, so nobody waits for ever, also when the
-//    threads inside keep coming back;
+//    threads inside keep coming back; a slot left free goes to the sleeper
+//    when the next step ends;
 //  * which steps pass it;
 //  * threads training one network through it lose no step.
 #include <gtest/gtest.h>
@@ -128,6 +129,35 @@ TEST(StepGate, TheFirstSleeperGetsASlotNobodyTakes) {
   EXPECT_LT(Clock::now() - freed_at, std::chrono::seconds(10));
   EXPECT_EQ(gate.admitted(), 0u);
   EXPECT_EQ(gate.waiting(), 0u);
+}
+
+TEST(StepGate, ASlotLeftFreeGoesToTheSleeperWhenTheNextStepEnds) {
+  // Two slots: one is freed and nobody takes it for kAbandoned; the step in
+  // the other slot then ends and hands its slot to the sleeper at once
+  // (without the rule the sleeper would wait for its turn to end).
+  StepGate gate;
+  std::optional<StepGate::Admission> running;
+  std::optional<StepGate::Admission> leaving;
+  running.emplace(gate, 2);
+  leaving.emplace(gate, 2);
+  std::atomic<bool> done{false};
+  std::thread sleeper([&] {
+    StepGate::Admission admission(gate, 2);
+    while (!done.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  });
+  wait_until_waiting(gate, 1);
+  const auto queued_by = Clock::now();
+  leaving.reset();
+  std::this_thread::sleep_for(StepGate::kAbandoned + std::chrono::microseconds(200));
+  running.reset();
+  const auto handed_at = Clock::now();
+  if (handed_at - queued_by < StepGate::kTurn) {
+    EXPECT_EQ(gate.waiting(), 0u) << "the sleeper was not handed the slot";
+    EXPECT_EQ(gate.admitted(), 1u);
+  }
+  done = true;
+  sleeper.join();
+  EXPECT_EQ(gate.admitted(), 0u);
 }
 
 TEST(StepGate, SleepersGetInWhileTheThreadsInsideKeepComingBack) {

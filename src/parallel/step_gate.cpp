@@ -28,12 +28,19 @@ void StepGate::pop_head(Clock::time_point now) {
   head_->turn.notify_one();
 }
 
+void StepGate::take_slot() {
+  ++admitted_;
+  // Any slot still free was freed more recently than this one was taken
+  // back, as far as the gate can tell: its clock starts again.
+  free_since_.reset();
+}
+
 StepGate::Admission::Admission(StepGate& gate, std::size_t slots) : gate_(gate) {
   slots = std::max<std::size_t>(slots, 1);
   std::unique_lock<std::mutex> lock(gate.mutex_);
   const Clock::time_point now = Clock::now();
   if (gate.admitted_ < slots && !gate.head_overdue(now)) {
-    ++gate.admitted_;
+    gate.take_slot();
     return;
   }
   Waiter self;
@@ -55,8 +62,9 @@ StepGate::Admission::Admission(StepGate& gate, std::size_t slots) : gate_(gate) 
     if (self.turn.wait_until(lock, self.deadline) == std::cv_status::no_timeout) continue;
     if (self.admitted) break;
     if (gate.admitted_ < slots) {
-      ++gate.admitted_;
-      gate.pop_head(Clock::now());
+      const Clock::time_point at = Clock::now();
+      gate.take_slot();
+      gate.pop_head(at);
       break;
     }
     self.turn.wait(lock, [&] { return self.admitted; });
@@ -66,8 +74,12 @@ StepGate::Admission::Admission(StepGate& gate, std::size_t slots) : gate_(gate) 
 StepGate::Admission::~Admission() {
   std::lock_guard<std::mutex> lock(gate_.mutex_);
   const Clock::time_point now = Clock::now();
-  if (!gate_.head_overdue(now)) {
+  // A slot free for kAbandoned while steps kept coming was left by a thread
+  // that is not coming back: the first sleeper is owed a slot, this one.
+  const bool abandoned = gate_.free_since_ && now - *gate_.free_since_ >= kAbandoned;
+  if (gate_.head_ == nullptr || !(gate_.head_overdue(now) || abandoned)) {
     --gate_.admitted_;
+    if (!gate_.free_since_) gate_.free_since_ = now;
     return;
   }
   // The slot passes straight to the head, so admitted_ is unchanged. Under

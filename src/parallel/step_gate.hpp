@@ -24,6 +24,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <mutex>
+#include <optional>
 
 namespace kortexdl::detail {
 
@@ -48,12 +49,17 @@ class StepGate {
   // running, where a sleeper, woken, may wait for a CPU longer than a step
   // lasts. The first sleeper's turn comes after kTurn: it then gets the next
   // freed slot whoever else arrives, so a thread waits at most about
-  // (sleepers ahead + 1) x kTurn, CPython's own switch interval. A slot
-  // freed by a thread that does not come back stays free until then.
+  // (sleepers ahead + 1) x kTurn, CPython's own switch interval.
   // Handing every freed slot to the first sleeper did no better than
   // combining at 16 threads; so did waking the first sleeper every 200 us
   // to take a slot left free that long.
   static constexpr std::chrono::microseconds kTurn{5000};
+  // A slot nobody has taken for this long was left by a thread that stopped
+  // training; the next step to end hands its own slot to the first sleeper,
+  // so such a slot stays unused for about one step, not a whole turn (a
+  // thread returns from Python for its next step within tens of
+  // microseconds).
+  static constexpr std::chrono::microseconds kAbandoned{1000};
 
   // Holds one slot for its lifetime; the constructor sleeps until it gets
   // one. `slots` >= 1 (the caller's CPU count; read at each arrival, so a
@@ -84,9 +90,13 @@ class StepGate {
 
   bool head_overdue(Clock::time_point now) const;
   void pop_head(Clock::time_point now);
+  void take_slot();
 
   mutable std::mutex mutex_;
   std::size_t admitted_ = 0;
+  // Since when at least one slot has been free (unset while none is, or
+  // since the last admission).
+  std::optional<Clock::time_point> free_since_;
   std::size_t waiting_ = 0;
   Waiter* head_ = nullptr;  // sleepers in arrival order; only the head is woken
   Waiter* tail_ = nullptr;
