@@ -4,7 +4,7 @@
 //  * a freed slot goes to the next arrival during the first sleeper's turn,
 //    and to that sleeper after it, so nobody waits for ever, also when the
 //    threads inside keep coming back; a slot left free goes to the sleeper
-//    when the next step ends;
+//    when the next step ends, and so does the last slot in use;
 //  * which steps pass it;
 //  * threads training one network through it lose no step.
 #include <gtest/gtest.h>
@@ -153,6 +153,33 @@ TEST(StepGate, ASlotLeftFreeGoesToTheSleeperWhenTheNextStepEnds) {
   const auto handed_at = Clock::now();
   if (handed_at - queued_by < StepGate::kTurn) {
     EXPECT_EQ(gate.waiting(), 0u) << "the sleeper was not handed the slot";
+    EXPECT_EQ(gate.admitted(), 1u);
+  }
+  done = true;
+  sleeper.join();
+  EXPECT_EQ(gate.admitted(), 0u);
+}
+
+TEST(StepGate, TheLastStepInsideHandsItsSlotToTheSleeper) {
+  // Two slots, one free for less than kAbandoned, a sleeper: when the other
+  // step ends the sleeper gets its slot at once instead of at the end of
+  // its turn.
+  StepGate gate;
+  std::optional<StepGate::Admission> last;
+  std::optional<StepGate::Admission> other;
+  last.emplace(gate, 2);
+  other.emplace(gate, 2);
+  std::atomic<bool> done{false};
+  std::thread sleeper([&] {
+    StepGate::Admission admission(gate, 2);
+    while (!done.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  });
+  wait_until_waiting(gate, 1);
+  const auto queued_by = Clock::now();
+  other.reset();
+  last.reset();
+  if (Clock::now() - queued_by < std::min(StepGate::kTurn, StepGate::kAbandoned)) {
+    EXPECT_EQ(gate.waiting(), 0u) << "the sleeper was not handed the last slot";
     EXPECT_EQ(gate.admitted(), 1u);
   }
   done = true;

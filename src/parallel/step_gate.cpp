@@ -37,6 +37,7 @@ void StepGate::take_slot() {
 
 StepGate::Admission::Admission(StepGate& gate, std::size_t slots) : gate_(gate) {
   slots = std::max<std::size_t>(slots, 1);
+  slots_ = slots;
   std::unique_lock<std::mutex> lock(gate.mutex_);
   const Clock::time_point now = Clock::now();
   if (gate.admitted_ < slots && !gate.head_overdue(now)) {
@@ -77,7 +78,11 @@ StepGate::Admission::~Admission() {
   // A slot free for kAbandoned while steps kept coming was left by a thread
   // that is not coming back: the first sleeper is owed a slot, this one.
   const bool abandoned = gate_.free_since_ && now - *gate_.free_since_ >= kAbandoned;
-  if (gate_.head_ == nullptr || !(gate_.head_overdue(now) || abandoned)) {
+  // The last step inside ends: with more than one slot, the sleeper may have
+  // this one and its thread the other when it comes back, so no slot waits
+  // for the end of a turn when several threads stop together.
+  const bool last_inside = gate_.admitted_ == 1 && slots_ > 1;
+  if (gate_.head_ == nullptr || !(gate_.head_overdue(now) || abandoned || last_inside)) {
     --gate_.admitted_;
     if (!gate_.free_since_) gate_.free_since_ = now;
     return;
