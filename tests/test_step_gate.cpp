@@ -131,33 +131,49 @@ TEST(StepGate, TheFirstSleeperGetsASlotNobodyTakes) {
   EXPECT_EQ(gate.waiting(), 0u);
 }
 
+// A thread that waits in the gate, then keeps its slot until destroyed.
+class Sleeper {
+ public:
+  Sleeper(StepGate& gate, std::size_t slots)
+      : thread_([this, &gate, slots] {
+          StepGate::Admission admission(gate, slots);
+          while (!done_.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }) {}
+  ~Sleeper() {
+    done_ = true;
+    thread_.join();
+  }
+  Sleeper(const Sleeper&) = delete;
+  Sleeper& operator=(const Sleeper&) = delete;
+
+ private:
+  std::atomic<bool> done_{false};
+  std::thread thread_;  // last: starts once done_ exists
+};
+
 TEST(StepGate, ASlotLeftFreeGoesToTheSleeperWhenTheNextStepEnds) {
-  // Two slots: one is freed and nobody takes it for kAbandoned; the step in
-  // the other slot then ends and hands its slot to the sleeper at once
+  // Three slots: one is freed and nobody takes it for kAbandoned; one of
+  // the two other steps then ends and hands its slot to the sleeper at once
   // (without the rule the sleeper would wait for its turn to end).
   StepGate gate;
-  std::optional<StepGate::Admission> running;
   std::optional<StepGate::Admission> leaving;
-  running.emplace(gate, 2);
-  leaving.emplace(gate, 2);
-  std::atomic<bool> done{false};
-  std::thread sleeper([&] {
-    StepGate::Admission admission(gate, 2);
-    while (!done.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
-  });
+  std::optional<StepGate::Admission> ending;
+  StepGate::Admission running(gate, 3);
+  ending.emplace(gate, 3);
+  leaving.emplace(gate, 3);
+  std::optional<Sleeper> sleeper;
+  sleeper.emplace(gate, 3);
   wait_until_waiting(gate, 1);
   const auto queued_by = Clock::now();
   leaving.reset();
   std::this_thread::sleep_for(StepGate::kAbandoned + std::chrono::microseconds(200));
-  running.reset();
-  const auto handed_at = Clock::now();
-  if (handed_at - queued_by < StepGate::kTurn) {
+  ending.reset();
+  if (Clock::now() - queued_by < StepGate::kTurn) {
     EXPECT_EQ(gate.waiting(), 0u) << "the sleeper was not handed the slot";
-    EXPECT_EQ(gate.admitted(), 1u);
+    EXPECT_EQ(gate.admitted(), 2u);
   }
-  done = true;
-  sleeper.join();
-  EXPECT_EQ(gate.admitted(), 0u);
+  sleeper.reset();
+  EXPECT_EQ(gate.admitted(), 1u);
 }
 
 TEST(StepGate, TheLastStepInsideHandsItsSlotToTheSleeper) {
@@ -169,11 +185,8 @@ TEST(StepGate, TheLastStepInsideHandsItsSlotToTheSleeper) {
   std::optional<StepGate::Admission> other;
   last.emplace(gate, 2);
   other.emplace(gate, 2);
-  std::atomic<bool> done{false};
-  std::thread sleeper([&] {
-    StepGate::Admission admission(gate, 2);
-    while (!done.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
-  });
+  std::optional<Sleeper> sleeper;
+  sleeper.emplace(gate, 2);
   wait_until_waiting(gate, 1);
   const auto queued_by = Clock::now();
   other.reset();
@@ -182,8 +195,7 @@ TEST(StepGate, TheLastStepInsideHandsItsSlotToTheSleeper) {
     EXPECT_EQ(gate.waiting(), 0u) << "the sleeper was not handed the last slot";
     EXPECT_EQ(gate.admitted(), 1u);
   }
-  done = true;
-  sleeper.join();
+  sleeper.reset();
   EXPECT_EQ(gate.admitted(), 0u);
 }
 
