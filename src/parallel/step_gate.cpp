@@ -35,9 +35,9 @@ void StepGate::take_slot() {
   free_since_.reset();
 }
 
-StepGate::Admission::Admission(StepGate& gate, std::size_t slots) : gate_(gate) {
-  slots = std::max<std::size_t>(slots, 1);
-  slots_ = slots;
+StepGate::Admission::Admission(StepGate& gate, std::size_t slots)
+    : gate_(gate), slots_(std::max<std::size_t>(slots, 1)) {
+  slots = slots_;
   std::unique_lock<std::mutex> lock(gate.mutex_);
   const Clock::time_point now = Clock::now();
   if (gate.admitted_ < slots && !gate.head_overdue(now)) {

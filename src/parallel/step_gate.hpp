@@ -77,7 +77,7 @@ class StepGate {
 
    private:
     StepGate& gate_;
-    std::size_t slots_;
+    std::size_t slots_;  // as asked for at arrival, for the release's rules
   };
 
   // Diagnostics and tests.
