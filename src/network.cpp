@@ -14,7 +14,6 @@
 #include "kortexdl/version.hpp"
 #include "network_state.hpp"
 #include "optimizer_update.hpp"
-#include "parallel/affinity.hpp"
 #include "parallel/thread_budget.hpp"
 #include "validation.hpp"
 #include "workspace.hpp"
@@ -177,7 +176,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   // flight, so the budget is shared among the admitted ones only.
   const bool gated = lock && detail::StepGate::worth_gating(batch_size, work);
   std::optional<detail::StepGate::Admission> admission;
-  if (gated) admission.emplace(s.gate, detail::allowed_cpu_count());
+  if (gated) admission.emplace(s.gate);
   ComputeScope scope(work);
   const float scale = 1.0f / static_cast<float>(batch_size);
   auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };

@@ -8,6 +8,7 @@
 #include "architecture.hpp"
 #include "kortexdl/network.hpp"
 #include "parallel/access_guard.hpp"
+#include "parallel/affinity.hpp"
 #include "parallel/step_combiner.hpp"
 #include "parallel/step_gate.hpp"
 
@@ -25,7 +26,7 @@ class NetworkState {
   Network::OptimizerState optimizer;
   mutable AccessGuard guard;
   StepCombiner combiner;  // locked small training steps (parallel/step_combiner.hpp)
-  StepGate gate;          // locked large training steps (parallel/step_gate.hpp)
+  StepGate gate{allowed_cpu_count()};  // locked large training steps (parallel/step_gate.hpp)
   std::atomic<std::uint64_t> version{0};
   Network::UpdateObserver observer;  // read and written under write access
 

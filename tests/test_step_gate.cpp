@@ -44,7 +44,7 @@ TEST(StepGate, NeverAdmitsMoreThanItsSlots) {
   constexpr std::size_t kSlots = 2;
   constexpr int kThreads = 6;
   constexpr int kSteps = 60;
-  StepGate gate;
+  StepGate gate(kSlots);
   std::atomic<int> inside{0};
   std::atomic<int> most_inside{0};
   std::atomic<int> steps{0};
@@ -52,7 +52,7 @@ TEST(StepGate, NeverAdmitsMoreThanItsSlots) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < kSteps; ++i) {
-        StepGate::Admission admission(gate, kSlots);
+        StepGate::Admission admission(gate);
         const int now_inside = inside.fetch_add(1) + 1;
         int seen = most_inside.load();
         while (now_inside > seen && !most_inside.compare_exchange_weak(seen, now_inside)) {
@@ -72,13 +72,14 @@ TEST(StepGate, NeverAdmitsMoreThanItsSlots) {
 }
 
 TEST(StepGate, ZeroSlotsMeansOne) {
-  StepGate gate;
+  StepGate gate(0);
+  EXPECT_EQ(gate.slots(), 1u);
   std::optional<StepGate::Admission> first;
-  first.emplace(gate, 0);
+  first.emplace(gate);
   EXPECT_EQ(gate.admitted(), 1u);
   std::atomic<bool> second_in{false};
   std::thread second([&] {
-    StepGate::Admission admission(gate, 0);
+    StepGate::Admission admission(gate);
     second_in = true;
   });
   wait_until_waiting(gate, 1);
@@ -93,18 +94,18 @@ TEST(StepGate, AFreedSlotGoesToTheNextArrivalDuringTheSleepersTurn) {
   // One slot, held by this thread; another thread sleeps for it. Freeing
   // the slot and arriving again at once takes it back (the sleeper's turn
   // lasts kTurn), unless this thread was held up for the whole turn.
-  StepGate gate;
+  StepGate gate(1);
   std::optional<StepGate::Admission> held;
-  held.emplace(gate, 1);
+  held.emplace(gate);
   std::atomic<bool> sleeper_in{false};
   std::thread sleeper([&] {
-    StepGate::Admission admission(gate, 1);
+    StepGate::Admission admission(gate);
     sleeper_in = true;
   });
   wait_until_waiting(gate, 1);
   const auto queued_by = Clock::now();
   held.reset();
-  held.emplace(gate, 1);
+  held.emplace(gate);
   const auto back_at = Clock::now();
   if (back_at - queued_by < StepGate::kTurn) {
     EXPECT_FALSE(sleeper_in.load()) << "the sleeper took a slot freed during its turn";
@@ -118,10 +119,10 @@ TEST(StepGate, AFreedSlotGoesToTheNextArrivalDuringTheSleepersTurn) {
 TEST(StepGate, TheFirstSleeperGetsASlotNobodyTakes) {
   // The holder leaves for good: the sleeper gets the slot at the end of its
   // turn without anyone arriving.
-  StepGate gate;
+  StepGate gate(1);
   std::optional<StepGate::Admission> held;
-  held.emplace(gate, 1);
-  std::thread sleeper([&] { StepGate::Admission admission(gate, 1); });
+  held.emplace(gate);
+  std::thread sleeper([&] { StepGate::Admission admission(gate); });
   wait_until_waiting(gate, 1);
   const auto freed_at = Clock::now();
   held.reset();
@@ -134,9 +135,9 @@ TEST(StepGate, TheFirstSleeperGetsASlotNobodyTakes) {
 // A thread that waits in the gate, then keeps its slot until destroyed.
 class Sleeper {
  public:
-  Sleeper(StepGate& gate, std::size_t slots)
-      : thread_([this, &gate, slots] {
-          StepGate::Admission admission(gate, slots);
+  explicit Sleeper(StepGate& gate)
+      : thread_([this, &gate] {
+          StepGate::Admission admission(gate);
           while (!done_.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
         }) {}
   ~Sleeper() {
@@ -155,14 +156,14 @@ TEST(StepGate, ASlotLeftFreeGoesToTheSleeperWhenTheNextStepEnds) {
   // Three slots: one is freed and nobody takes it for kAbandoned; one of
   // the two other steps then ends and hands its slot to the sleeper at once
   // (without the rule the sleeper would wait for its turn to end).
-  StepGate gate;
+  StepGate gate(3);
   std::optional<StepGate::Admission> leaving;
   std::optional<StepGate::Admission> ending;
-  StepGate::Admission running(gate, 3);
-  ending.emplace(gate, 3);
-  leaving.emplace(gate, 3);
+  StepGate::Admission running(gate);
+  ending.emplace(gate);
+  leaving.emplace(gate);
   std::optional<Sleeper> sleeper;
-  sleeper.emplace(gate, 3);
+  sleeper.emplace(gate);
   wait_until_waiting(gate, 1);
   const auto queued_by = Clock::now();
   leaving.reset();
@@ -180,13 +181,13 @@ TEST(StepGate, TheLastStepInsideHandsItsSlotToTheSleeper) {
   // Two slots, one free for less than kAbandoned, a sleeper: when the other
   // step ends the sleeper gets its slot at once instead of at the end of
   // its turn.
-  StepGate gate;
+  StepGate gate(2);
   std::optional<StepGate::Admission> last;
   std::optional<StepGate::Admission> other;
-  last.emplace(gate, 2);
-  other.emplace(gate, 2);
+  last.emplace(gate);
+  other.emplace(gate);
   std::optional<Sleeper> sleeper;
-  sleeper.emplace(gate, 2);
+  sleeper.emplace(gate);
   wait_until_waiting(gate, 1);
   const auto queued_by = Clock::now();
   other.reset();
@@ -205,7 +206,7 @@ TEST(StepGate, SleepersGetInWhileTheThreadsInsideKeepComingBack) {
   // still get in, each after about one turn, while the two keep going.
   constexpr std::size_t kSlots = 2;
   constexpr int kSleepers = 3;
-  StepGate gate;
+  StepGate gate(kSlots);
   std::atomic<bool> stop{false};
   std::atomic<bool> gave_up{false};
   std::atomic<int> hog_steps{0};
@@ -218,7 +219,7 @@ TEST(StepGate, SleepersGetInWhileTheThreadsInsideKeepComingBack) {
           gave_up = true;  // the sleepers never got in while the hogs ran
           return;
         }
-        StepGate::Admission admission(gate, kSlots);
+        StepGate::Admission admission(gate);
         busy_for(std::chrono::microseconds(50));
         hog_steps.fetch_add(1);
       }
@@ -229,7 +230,7 @@ TEST(StepGate, SleepersGetInWhileTheThreadsInsideKeepComingBack) {
   std::vector<std::thread> sleepers;
   for (int s = 0; s < kSleepers; ++s) {
     sleepers.emplace_back([&] {
-      StepGate::Admission admission(gate, kSlots);
+      StepGate::Admission admission(gate);
       sleepers_in.fetch_add(1);
     });
   }

@@ -12,13 +12,14 @@ bool StepGate::worth_gating(std::size_t rows, double work) {
   return work < StepCombiner::kMinTeamStepFlops || get_num_threads() <= 1;
 }
 
+StepGate::StepGate(std::size_t slots) : slots_(std::max<std::size_t>(slots, 1)) {}
+
 bool StepGate::head_overdue(Clock::time_point now) const {
   return head_ != nullptr && now >= head_->deadline;
 }
 
 void StepGate::pop_head(Clock::time_point now) {
   head_ = head_->next;
-  --waiting_;
   if (head_ == nullptr) {
     tail_ = nullptr;
     return;
@@ -35,12 +36,10 @@ void StepGate::take_slot() {
   free_since_.reset();
 }
 
-StepGate::Admission::Admission(StepGate& gate, std::size_t slots)
-    : gate_(gate), slots_(std::max<std::size_t>(slots, 1)) {
-  slots = slots_;
+StepGate::Admission::Admission(StepGate& gate) : gate_(gate) {
   std::unique_lock<std::mutex> lock(gate.mutex_);
   const Clock::time_point now = Clock::now();
-  if (gate.admitted_ < slots && !gate.head_overdue(now)) {
+  if (gate.admitted_ < gate.slots_ && !gate.head_overdue(now)) {
     gate.take_slot();
     return;
   }
@@ -52,7 +51,6 @@ StepGate::Admission::Admission(StepGate& gate, std::size_t slots)
     self.deadline = now + kTurn;
   }
   gate.tail_ = &self;
-  ++gate.waiting_;
   while (!self.admitted) {
     if (gate.head_ != &self) {
       self.turn.wait(lock);
@@ -62,7 +60,7 @@ StepGate::Admission::Admission(StepGate& gate, std::size_t slots)
     // first. Then the next freed slot is this thread's, or a free one now.
     if (self.turn.wait_until(lock, self.deadline) == std::cv_status::no_timeout) continue;
     if (self.admitted) break;
-    if (gate.admitted_ < slots) {
+    if (gate.admitted_ < gate.slots_) {
       const Clock::time_point at = Clock::now();
       gate.take_slot();
       gate.pop_head(at);
@@ -81,7 +79,7 @@ StepGate::Admission::~Admission() {
   // The last step inside ends: with more than one slot, the sleeper may have
   // this one and its thread the other when it comes back, so no slot waits
   // for the end of a turn when several threads stop together.
-  const bool last_inside = gate_.admitted_ == 1 && slots_ > 1;
+  const bool last_inside = gate_.admitted_ == 1 && gate_.slots_ > 1;
   if (gate_.head_ == nullptr || !(gate_.head_overdue(now) || abandoned || last_inside)) {
     --gate_.admitted_;
     if (!gate_.free_since_) gate_.free_since_ = now;
@@ -103,7 +101,9 @@ std::size_t StepGate::admitted() const {
 
 std::size_t StepGate::waiting() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return waiting_;
+  std::size_t count = 0;
+  for (const Waiter* w = head_; w != nullptr; w = w->next) ++count;
+  return count;
 }
 
 }  // namespace kortexdl::detail

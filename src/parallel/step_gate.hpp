@@ -65,22 +65,27 @@ class StepGate {
   // throughput of one thread).
   static constexpr std::chrono::microseconds kAbandoned{1000};
 
+  // `slots`: how many steps may compute at once (a network's gate has one
+  // per usable CPU); 0 counts as 1.
+  explicit StepGate(std::size_t slots);
+  StepGate(const StepGate&) = delete;
+  StepGate& operator=(const StepGate&) = delete;
+
   // Holds one slot for its lifetime; the constructor sleeps until it gets
-  // one. `slots` >= 1 (the caller's CPU count; read at each arrival, so a
-  // changed affinity takes effect).
+  // one.
   class Admission {
    public:
-    Admission(StepGate& gate, std::size_t slots);
+    explicit Admission(StepGate& gate);
     ~Admission();
     Admission(const Admission&) = delete;
     Admission& operator=(const Admission&) = delete;
 
    private:
     StepGate& gate_;
-    std::size_t slots_;  // as asked for at arrival, for the release's rules
   };
 
   // Diagnostics and tests.
+  std::size_t slots() const { return slots_; }
   std::size_t admitted() const;
   std::size_t waiting() const;
 
@@ -97,12 +102,12 @@ class StepGate {
   void pop_head(Clock::time_point now);
   void take_slot();
 
+  const std::size_t slots_;
   mutable std::mutex mutex_;
   std::size_t admitted_ = 0;
   // Since when at least one slot has been free (unset while none is, or
   // since the last admission).
   std::optional<Clock::time_point> free_since_;
-  std::size_t waiting_ = 0;
   Waiter* head_ = nullptr;  // sleepers in arrival order; only the head is woken
   Waiter* tail_ = nullptr;
 };
