@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -269,6 +270,73 @@ LossSums gradient_rows(const Architecture& arch, const float* params, const floa
     std::swap(delta, delta_prev);
   }
   return sums;
+}
+
+namespace {
+
+// Rows per block below which a step is not split: every extra block's
+// gradient is a pass over the parameters to add, which pays only when the
+// blocks' GEMMs are thick (docs/BENCHMARKS.md: blocks of 64 rows lost at
+// 128 rows on 784-256-128-10, blocks of 16 at 32 rows on
+// 1000-512-256-128-10).
+constexpr std::size_t kMinRowsPerGradientBlock = 128;
+
+}  // namespace
+
+LossSums gradient_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
+                             std::size_t rows, LossType loss, float grad_scale, float* grad) {
+  const auto team = static_cast<std::size_t>(omp_get_max_threads());
+  const std::size_t wanted = std::min({team, rows / kMinRowsPerGradientBlock, kMaxBlocks});
+  if (wanted <= 1 || omp_in_parallel()) {
+    return gradient_rows(arch, params, inputs, targets, rows, loss, grad_scale, grad);
+  }
+  const std::size_t in = arch.inputs();
+  const std::size_t out = arch.outputs();
+  const std::size_t count = arch.parameter_count;
+  LossSums parts[kMaxBlocks];
+  float* partial[kMaxBlocks] = {};
+  std::size_t blocks = 0;
+  std::exception_ptr failure;
+#pragma omp parallel num_threads(static_cast<int>(wanted))
+  {
+    omp_set_num_threads(1);
+    const auto me = static_cast<std::size_t>(omp_get_thread_num());
+    const auto threads = static_cast<std::size_t>(omp_get_num_threads());
+#pragma omp single nowait
+    blocks = threads;
+    // Block 0 writes the caller's buffer; the others their own thread's
+    // scratch, kept until the sum below has read it.
+    std::optional<Workspace::Lease> scratch;
+    try {
+      float* mine = grad;
+      if (me > 0) {
+        scratch.emplace(Workspace::local().acquire(Workspace::padded_floats(count)));
+        mine = scratch->take(count);
+      }
+      partial[me] = mine;
+      const std::size_t begin = rows * me / threads;
+      const std::size_t end = rows * (me + 1) / threads;
+      parts[me] = gradient_rows(arch, params, inputs + begin * in, targets.offset(begin, out), end - begin, loss,
+                                grad_scale, mine);
+    } catch (...) {
+#pragma omp critical(kortex_gradient_split_failure)
+      if (!failure) failure = std::current_exception();
+    }
+    // Every thread arrives here, also after a failure, so nobody waits forever.
+#pragma omp barrier
+    if (!failure) {
+      // Whole cache lines per thread, so no two threads write the same line.
+      constexpr std::size_t kLine = 16;
+      const std::size_t lines = (count + kLine - 1) / kLine;
+      const std::size_t first = std::min(count, lines * me / threads * kLine);
+      const std::size_t last = std::min(count, lines * (me + 1) / threads * kLine);
+      for (std::size_t b = 1; b < threads; ++b) backend::add_into(grad + first, partial[b] + first, last - first);
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  LossSums total;
+  for (std::size_t b = 0; b < blocks; ++b) total += parts[b];
+  return total;
 }
 
 namespace {

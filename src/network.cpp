@@ -226,7 +226,8 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   float* grad = lease.take(s.arch.parameter_count);
   return step(
       [&] {
-        return detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale, grad);
+        return detail::gradient_rows_split(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss, scale,
+                                           grad);
       },
       [&](double mean_loss) {
         detail::check_step_is_finite(operation, mean_loss, s.config.optimizer, s.arch, s.params.data(), grad,
@@ -276,8 +277,8 @@ Network::Gradients Network::compute_gradients(std::span<const float> inputs, con
   result.values.resize(s.arch.parameter_count);
   AccessGuard::Read access(s.guard, s.guard.locking(), "compute_gradients");
   ComputeScope scope(s.arch.training_work(batch_size));
-  const auto sums = detail::gradient_rows(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss,
-                                          1.0f / static_cast<float>(batch_size), result.values.data());
+  const auto sums = detail::gradient_rows_split(s.arch, s.params.data(), inputs.data(), rows, batch_size, loss,
+                                                1.0f / static_cast<float>(batch_size), result.values.data());
   result.loss = static_cast<float>(sums.loss / static_cast<double>(batch_size));
   return result;
 }

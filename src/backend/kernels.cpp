@@ -162,6 +162,11 @@ void for_row_blocks(std::size_t rows, std::size_t cols, Body body) {
 
 }  // namespace
 
+KORTEX_KERNEL void add_into(float* dst, const float* src, std::size_t count) {
+#pragma omp simd
+  for (std::size_t i = 0; i < count; ++i) dst[i] += src[i];
+}
+
 void bias_activation(Activation activation, float* data, const float* bias, std::size_t rows, std::size_t cols,
                      float* preactivation) {
   for_row_blocks(rows, cols, [&](std::size_t begin, std::size_t end) {

@@ -25,6 +25,9 @@ void activation_backward(Activation activation, float* delta, const float* outpu
 // depend on the thread count.
 void column_sums(const float* data, std::size_t rows, std::size_t cols, float* sums);
 
+// dst[i] += src[i] for i < count.
+void add_into(float* dst, const float* src, std::size_t count);
+
 // out[j][i] = a[j] * d[i] for j < rows, i < cols (row-major): a weight
 // gradient at batch 1, rounded exactly as the GEMM with k = 1 rounds it.
 void outer_product(float* out, const float* a, const float* d, std::size_t rows, std::size_t cols);
