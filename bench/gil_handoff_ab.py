@@ -27,7 +27,10 @@ each variant runs with DIR first on LD_LIBRARY_PATH (a directory holding a
 libkortexdl.so.0, e.g. a copy of an older build's), with the GIL settings
 at their defaults; the last column is the last variant's speedup over the
 first's. --budget sets kortexdl.set_num_threads (default 1: one core per
-call; 0: the default budget). Every timing runs on threads started for it,
+call; 0: the default budget). --busy N keeps N other processes spinning
+for the whole run (a machine shared with busy neighbours). Besides the
+speedups, the median time per call of the sequential timings is printed.
+Every timing runs on threads started for it,
 so the sequential timing's thread does not keep the intra-op team
 (docs/CONCURRENCY.md, "Threads per call") while the threads time theirs.
 """
@@ -127,7 +130,11 @@ def main():
     parser.add_argument("--budget", type=int, default=1, help="kortexdl.set_num_threads (0: the default budget)")
     parser.add_argument("--library", action="append", metavar="NAME=DIR",
                         help="compare builds: run variant NAME with DIR first on LD_LIBRARY_PATH (repeatable)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="keep N other processes spinning during the run")
     args = parser.parse_args()
+    if not 0 <= args.busy <= 256:
+        parser.error("--busy in 0..256")
     if any(t < 1 or t > 64 for t in args.threads) or args.repeat < 1 or args.min_time <= 0:
         parser.error("--threads in 1..64, --repeat >= 1, --min-time > 0")
     if not 0 <= args.budget <= 4096:
@@ -158,21 +165,31 @@ def main():
                        "budget": args.budget})
     names = list(variants)
     speedups = {}  # (variant, case, threads) -> [speedup per repeat]
+    per_call = {}  # (variant, case, threads) -> [sequential us per call, per repeat]
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    for repeat in range(args.repeat):
-        order = names[repeat % len(names):] + names[:repeat % len(names)]
-        for name in order:
-            env = dict(os.environ, **variants[name])
-            done = subprocess.run([sys.executable, "-c", WORKER, spec], env=env, capture_output=True, text=True,
-                                  timeout=1800)
-            if done.returncode != 0:
-                sys.exit(f"worker {name} failed:\n{done.stderr}")
-            for r in json.loads(done.stdout)["results"]:
-                key = (name, f"{r['config']}/{r['op']}/{r['batch']}", r["threads"])
-                speedups.setdefault(key, []).append(r["speedup"])
-        print(f"repeat {repeat + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        for repeat in range(args.repeat):
+            order = names[repeat % len(names):] + names[:repeat % len(names)]
+            for name in order:
+                env = dict(os.environ, **variants[name])
+                done = subprocess.run([sys.executable, "-c", WORKER, spec], env=env, capture_output=True,
+                                      text=True, timeout=1800)
+                if done.returncode != 0:
+                    sys.exit(f"worker {name} failed:\n{done.stderr}")
+                for r in json.loads(done.stdout)["results"]:
+                    key = (name, f"{r['config']}/{r['op']}/{r['batch']}", r["threads"])
+                    speedups.setdefault(key, []).append(r["speedup"])
+                    per_call.setdefault(key, []).append(r["us_per_call"])
+            print(f"repeat {repeat + 1}/{args.repeat} done", file=sys.stderr, flush=True)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     what = "library builds" if args.library else "GIL hand-off"
-    print(f"# {what} A/B, {started}, {os.cpu_count()} CPUs, budget {args.budget}, medians of {args.repeat} repeats")
+    busy = f", {args.busy} busy processes beside it" if args.busy else ""
+    print(f"# {what} A/B, {started}, {os.cpu_count()} CPUs, budget {args.budget}{busy}, "
+          f"medians of {args.repeat} repeats")
     print(f"# {' '.join(sys.argv)}")
     print()
     first, last = names[0], names[-1]
@@ -186,10 +203,20 @@ def main():
             rows.append({"case": case, "threads": threads, **{n: speedups[(n, case, threads)] for n in names}})
             cells = " | ".join(f"{med[n]:.2f}" for n in names)
             print(f"| {case} | {threads} | {cells} | {med[last] / med[first]:.2f}x |")
+    print()
+    print(f"| case | sequential us per call: {' | '.join(names)} |")
+    print("|:---|" + "---:|" * len(names))
+    for config, op, batch in cases:
+        case = f"{config}/{op}/{batch}"
+        cells = " | ".join(
+            f"{statistics.median(x for t in args.threads for x in per_call[(n, case, t)]):.1f}" for n in names)
+        print(f"| {case} | {cells} |")
     if args.json:
+        for row in rows:
+            row["us_per_call"] = {n: per_call[(n, row["case"], row["threads"])] for n in names}
         with open(args.json, "w") as f:
-            json.dump({"started": started, "argv": sys.argv, "budget": args.budget, "variants": variants,
-                       "rows": rows}, f, indent=1)
+            json.dump({"started": started, "argv": sys.argv, "budget": args.budget, "busy": args.busy,
+                       "variants": variants, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -305,7 +305,9 @@ LossSums gradient_rows_split(const Architecture& arch, const float* params, cons
 #pragma omp single nowait
     blocks = threads;
     // Block 0 writes the caller's buffer; the others their own thread's
-    // scratch, kept until the sum below has read it.
+    // scratch. A lease's release only rewinds its thread's arena, and the
+    // thread does nothing more before the region's closing barrier, so the
+    // others may still read its buffer after it has left this block.
     std::optional<Workspace::Lease> scratch;
     try {
       float* mine = grad;

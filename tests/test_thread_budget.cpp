@@ -18,12 +18,18 @@
 #include <vector>
 
 #include "kortexdl/kortexdl.hpp"
+#include "parallel/machine_load.hpp"
 #include "parallel/thread_budget.hpp"  // internal: ComputeScope, share_for
 #include "test_support.hpp"
 
 extern char** environ;
 
 namespace {
+
+// Exact team sizes are checked here and elsewhere in this binary, and ctest
+// runs other test processes beside it, which the load adaptation would count
+// (machine_load.hpp): off for the whole binary; its own tests turn it on.
+const bool load_adaptation_off = (kortexdl::detail::set_load_adaptation(false), true);
 
 using kortexdl::LossType;
 using kortexdl::Network;

@@ -150,7 +150,7 @@ def test_gil_handoff_ab_runs_every_variant(tmp_path):
     for r in rows:
         for variant in ("plain", "poll", "default"):
             assert len(r[variant]) == 2 and all(s > 0 for s in r[variant])
-    assert p.stdout.count("| small/") == 4
+    assert p.stdout.count("| small/") == 4 + 2  # a speedup row per case and thread count, a time row per case
     for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0"):
         bad = subprocess.run([sys.executable, AB_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
@@ -168,7 +168,7 @@ def test_gil_handoff_ab_compares_library_builds(tmp_path):
     out = tmp_path / "builds.json"
     cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "--repeat", "1", "--min-time", "0.01", "--budget", "0",
            "--case", "small/train/1", "--library", f"one={library}", "--library", f"two={library}",
-           "--json", str(out)]
+           "--busy", "1", "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     report = json.loads(out.read_text())
@@ -177,9 +177,12 @@ def test_gil_handoff_ab_compares_library_builds(tmp_path):
     [row] = report["rows"]
     assert row["case"] == "small/train/1" and len(row["one"]) == 1 and len(row["two"]) == 1
     assert "| case | threads | one | two | two / one |" in p.stdout
+    assert "| case | sequential us per call: one | two |" in p.stdout and "1 busy processes beside it" in p.stdout
+    assert report["busy"] == 1 and len(row["us_per_call"]["one"]) == 1 and row["us_per_call"]["two"][0] > 0
     for bad_args, message in ((["--library", f"one={tmp_path}"], "no libkortexdl.so.0"),
                               (["--library", f"one={library}", "--library", f"one={library}"], "new NAME"),
                               (["--library", "one"], "NAME=DIR"),
-                              (["--budget", "-1"], "--budget")):
+                              (["--budget", "-1"], "--budget"),
+                              (["--busy", "-1"], "--busy")):
         bad = subprocess.run([sys.executable, AB_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)

@@ -11,6 +11,7 @@
 
 #include "kortexdl/error.hpp"
 #include "kortexdl/threading.hpp"
+#include "parallel/machine_load.hpp"
 
 namespace kortexdl {
 namespace {
@@ -131,7 +132,7 @@ std::size_t share_for(double flops) {
 }
 
 std::size_t team_size_for(double flops) {
-  const std::size_t threads = share_for(flops);
+  const std::size_t threads = team_left_by_others(share_for(flops));
   return threads > 1 && may_use_team() ? threads : 1;
 }
 

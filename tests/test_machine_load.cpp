@@ -1,0 +1,96 @@
+// Teams shrink by the CPUs other processes keep busy
+// (src/parallel/machine_load.hpp). What must hold:
+//  * the load of others is the machine's busy time less our own, per second;
+//  * a CPU counts as taken once others keep it 60% busy;
+//  * while other processes spin on all but one of our CPUs, a team is one
+//    thread; with the adaptation off, teams are what the budget says.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "parallel/affinity.hpp"
+#include "parallel/machine_load.hpp"
+
+namespace {
+
+using kortexdl::detail::busy_elsewhere;
+using kortexdl::detail::cpus_taken;
+using kortexdl::detail::LoadSample;
+using kortexdl::detail::team_left_by_others;
+
+// Turns the adaptation on for one test (this binary runs with it off:
+// test_thread_budget.cpp).
+class AdaptationOn {
+ public:
+  AdaptationOn() : before_(kortexdl::detail::load_adaptation_enabled()) {
+    kortexdl::detail::set_load_adaptation(true);
+  }
+  ~AdaptationOn() { kortexdl::detail::set_load_adaptation(before_); }
+
+ private:
+  bool before_;
+};
+
+TEST(MachineLoad, OthersAreTheMachinesBusyTimeLessOurs) {
+  // Over 0.5 s the machine was busy 1.5 CPU-seconds, 0.5 of them ours.
+  EXPECT_NEAR(busy_elsewhere({10.0, 3.0, 100.0}, {11.5, 3.5, 100.5}), 2.0, 1e-9);
+  EXPECT_NEAR(busy_elsewhere({10.0, 3.0, 100.0}, {10.5, 3.5, 100.5}), 0.0, 1e-9) << "all of it ours";
+  // Tick rounding can make our own time exceed the machine's: no load.
+  EXPECT_EQ(busy_elsewhere({10.0, 3.0, 100.0}, {10.0, 3.2, 100.2}), 0.0);
+  EXPECT_EQ(busy_elsewhere({10.0, 3.0, 100.0}, {12.0, 3.0, 100.0}), 0.0) << "an empty window";
+}
+
+TEST(MachineLoad, ACpuCountsOnceOthersKeepItMostlyBusy) {
+  EXPECT_EQ(cpus_taken(0.0), 0u);
+  EXPECT_EQ(cpus_taken(0.55), 0u);
+  EXPECT_EQ(cpus_taken(0.65), 1u);
+  EXPECT_EQ(cpus_taken(1.5), 1u);
+  EXPECT_EQ(cpus_taken(1.7), 2u);
+  EXPECT_EQ(cpus_taken(std::numeric_limits<double>::quiet_NaN()), 0u);
+}
+
+TEST(MachineLoad, OffOrOneThreadLeavesTheTeamAlone) {
+  kortexdl::detail::set_load_adaptation(false);
+  EXPECT_EQ(team_left_by_others(5), 5u);
+  AdaptationOn on;
+  EXPECT_EQ(team_left_by_others(1), 1u);
+  EXPECT_GE(team_left_by_others(3), 1u);
+}
+
+TEST(MachineLoad, ATeamIsOneThreadWhileOthersSpinOnTheOtherCpus) {
+  const std::size_t cpus = kortexdl::detail::allowed_cpu_count();
+  if (cpus < 2) GTEST_SKIP() << "needs two CPUs";
+  AdaptationOn on;
+  std::vector<pid_t> spinners;
+  for (std::size_t i = 0; i + 1 < cpus; ++i) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      volatile unsigned long spins = 0;
+      while (std::chrono::steady_clock::now() < until) spins = spins + 1;
+      _exit(0);
+    }
+    spinners.push_back(pid);
+  }
+  // Three samples 250 ms apart: the last window lies inside the spinning.
+  std::size_t team = cpus;
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    team = team_left_by_others(cpus);
+  }
+  for (pid_t pid : spinners) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+  EXPECT_EQ(team, 1u) << cpus - 1 << " other processes kept " << cpus - 1 << " of " << cpus << " CPUs busy";
+}
+
+}  // namespace
