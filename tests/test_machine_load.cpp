@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -62,6 +63,25 @@ TEST(MachineLoad, OffOrOneThreadLeavesTheTeamAlone) {
   AdaptationOn on;
   EXPECT_EQ(team_left_by_others(1), 1u);
   EXPECT_GE(team_left_by_others(3), 1u);
+}
+
+TEST(MachineLoad, ConcurrentCallersShareTheSampling) {
+  // One of them samples per window, the others read the last estimate
+  // (under ThreadSanitizer in CI).
+  AdaptationOn on;
+  std::vector<std::thread> callers;
+  std::atomic<bool> out_of_range{false};
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&] {
+      while (std::chrono::steady_clock::now() < until) {
+        const std::size_t team = team_left_by_others(2);
+        if (team < 1 || team > 2) out_of_range = true;
+      }
+    });
+  }
+  for (auto& c : callers) c.join();
+  EXPECT_FALSE(out_of_range.load());
 }
 
 TEST(MachineLoad, ATeamIsOneThreadWhileOthersSpinOnTheOtherCpus) {
