@@ -46,6 +46,7 @@ TEST(MachineLoad, OthersAreTheMachinesBusyTimeLessOurs) {
   // Tick rounding can make our own time exceed the machine's: no load.
   EXPECT_EQ(busy_elsewhere({10.0, 3.0, 100.0}, {10.0, 3.2, 100.2}), 0.0);
   EXPECT_EQ(busy_elsewhere({10.0, 3.0, 100.0}, {12.0, 3.0, 100.0}), 0.0) << "an empty window";
+  EXPECT_EQ(busy_elsewhere({10.0, 3.0, 100.0}, {12.0, 0.1, 101.0}), 0.0) << "a forked child's own clock restarts";
 }
 
 TEST(MachineLoad, ACpuCountsOnceOthersKeepItMostlyBusy) {

@@ -89,7 +89,8 @@ void sample_now(double wall) {
 
 double busy_elsewhere(const LoadSample& earlier, const LoadSample& later) {
   const double wall = later.wall - earlier.wall;
-  if (wall <= 0.0) return 0.0;
+  // A forked child's CPU clock starts again from zero: no estimate.
+  if (wall <= 0.0 || later.own < earlier.own) return 0.0;
   const double others = (later.machine_busy - earlier.machine_busy) - (later.own - earlier.own);
   return others > 0.0 ? others / wall : 0.0;
 }

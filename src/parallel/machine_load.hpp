@@ -23,7 +23,8 @@ struct LoadSample {
   double wall = 0.0;
 };
 
-// CPUs others kept busy between two samples (0 when the window is empty).
+// CPUs others kept busy between two samples (0 when the window is empty, or
+// when our own CPU time went back: a forked child's).
 double busy_elsewhere(const LoadSample& earlier, const LoadSample& later);
 
 // How many of `others` CPUs' worth of foreign load takes a thread from a
