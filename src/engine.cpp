@@ -4,7 +4,7 @@
 
 #include <algorithm>
 #include <exception>
-#include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -119,20 +119,37 @@ constexpr std::size_t kMinRowsPerThread = 4;
 // Blocks per split: bounds the per-block results kept on the stack.
 constexpr std::size_t kMaxBlocks = 256;
 
-// Runs body(block, begin, end) on contiguous row blocks, one per thread of
-// the calling thread's team (inside, every thread's own team is one thread).
-// Returns the number of blocks, or 0 when the rows were not worth splitting.
-template <class Body>
-std::size_t split_rows(std::size_t rows, Body body) {
+// Threads a split of `rows` into blocks of at least `min_rows` rows would
+// use, one block each: 0 when it is not worth splitting (a team of one, too
+// few rows) or when the caller already runs inside a parallel region.
+std::size_t split_threads(std::size_t rows, std::size_t min_rows) {
   const auto team = static_cast<std::size_t>(omp_get_max_threads());
-  const std::size_t threads = std::min({team, rows / kMinRowsPerThread, kMaxBlocks});
-  if (threads <= 1 || omp_in_parallel()) return 0;
+  const std::size_t threads = std::min({team, rows / min_rows, kMaxBlocks});
+  return threads <= 1 || omp_in_parallel() ? 0 : threads;
+}
+
+struct NothingAfter {
+  void operator()(std::size_t, std::size_t) const {}
+};
+
+// Runs body(block, begin, end) on contiguous row blocks of at least
+// `min_rows` rows, one per thread of the calling thread's team (inside, every
+// thread's own team is one thread); then, in the same region and once every
+// block has succeeded, after(block, blocks) on every thread (it must not
+// throw). Returns the number of blocks, or 0 when the rows were not worth
+// splitting.
+template <class Body, class After = NothingAfter>
+std::size_t split_rows(std::size_t rows, std::size_t min_rows, Body body, After after = {}) {
+  const std::size_t threads = split_threads(rows, min_rows);
+  if (threads == 0) return 0;
+  std::size_t blocks = threads;
   std::exception_ptr failure;
 #pragma omp parallel num_threads(static_cast<int>(threads))
   {
     omp_set_num_threads(1);
     const auto me = static_cast<std::size_t>(omp_get_thread_num());
     const auto count = static_cast<std::size_t>(omp_get_num_threads());
+    if (me == 0) blocks = count;
     const std::size_t begin = rows * me / count;
     const std::size_t end = rows * (me + 1) / count;
     try {
@@ -141,9 +158,15 @@ std::size_t split_rows(std::size_t rows, Body body) {
 #pragma omp critical(kortex_split_rows_failure)
       if (!failure) failure = std::current_exception();
     }
+    if constexpr (!std::is_same_v<After, NothingAfter>) {
+      // Every thread arrives here, also after a failure, so nobody waits
+      // for ever.
+#pragma omp barrier
+      if (!failure) after(me, count);
+    }
   }
   if (failure) std::rethrow_exception(failure);
-  return threads;
+  return blocks;
 }
 
 }  // namespace
@@ -152,7 +175,7 @@ void forward_rows_split(const Architecture& arch, const float* params, const flo
                         float* outputs) {
   const std::size_t in = arch.inputs();
   const std::size_t out = arch.outputs();
-  const std::size_t blocks = split_rows(rows, [&](std::size_t, std::size_t begin, std::size_t end) {
+  const std::size_t blocks = split_rows(rows, kMinRowsPerThread, [&](std::size_t, std::size_t begin, std::size_t end) {
     forward_rows(arch, params, inputs + begin * in, end - begin, outputs + begin * out);
   });
   if (blocks == 0) forward_rows(arch, params, inputs, rows, outputs);
@@ -165,7 +188,8 @@ LossSums loss_rows_split(const Architecture& arch, const float* params, const fl
   // Per-block sums added in block order, so the result does not depend on
   // which thread finishes first.
   LossSums parts[kMaxBlocks];
-  const std::size_t blocks = split_rows(rows, [&](std::size_t block, std::size_t begin, std::size_t end) {
+  const std::size_t blocks = split_rows(rows, kMinRowsPerThread, [&](std::size_t block, std::size_t begin,
+                                                                     std::size_t end) {
     parts[block] = loss_rows(arch, params, inputs + begin * in, targets.offset(begin, out), end - begin, loss);
   });
   if (blocks == 0) return loss_rows(arch, params, inputs, targets, rows, loss);
@@ -285,57 +309,34 @@ constexpr std::size_t kMinRowsPerGradientBlock = 128;
 
 LossSums gradient_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
                              std::size_t rows, LossType loss, float grad_scale, float* grad) {
-  const auto team = static_cast<std::size_t>(omp_get_max_threads());
-  const std::size_t wanted = std::min({team, rows / kMinRowsPerGradientBlock, kMaxBlocks});
-  if (wanted <= 1 || omp_in_parallel()) {
-    return gradient_rows(arch, params, inputs, targets, rows, loss, grad_scale, grad);
-  }
+  const std::size_t threads = split_threads(rows, kMinRowsPerGradientBlock);
+  if (threads == 0) return gradient_rows(arch, params, inputs, targets, rows, loss, grad_scale, grad);
   const std::size_t in = arch.inputs();
   const std::size_t out = arch.outputs();
   const std::size_t count = arch.parameter_count;
+  // Block 0 writes the caller's buffer, the others one each of this scratch.
+  auto lease =
+      Workspace::local().acquire(checked_mul(threads - 1, Workspace::padded_floats(count), "gradient blocks"));
+  float* partial[kMaxBlocks] = {grad};
+  for (std::size_t b = 1; b < threads; ++b) partial[b] = lease.take(count);
   LossSums parts[kMaxBlocks];
-  float* partial[kMaxBlocks] = {};
-  std::size_t blocks = 0;
-  std::exception_ptr failure;
-#pragma omp parallel num_threads(static_cast<int>(wanted))
-  {
-    omp_set_num_threads(1);
-    const auto me = static_cast<std::size_t>(omp_get_thread_num());
-    const auto threads = static_cast<std::size_t>(omp_get_num_threads());
-#pragma omp single nowait
-    blocks = threads;
-    // Block 0 writes the caller's buffer; the others their own thread's
-    // scratch. A lease's release only rewinds its thread's arena, and the
-    // thread does nothing more before the region's closing barrier, so the
-    // others may still read its buffer after it has left this block.
-    std::optional<Workspace::Lease> scratch;
-    try {
-      float* mine = grad;
-      if (me > 0) {
-        scratch.emplace(Workspace::local().acquire(Workspace::padded_floats(count)));
-        mine = scratch->take(count);
-      }
-      partial[me] = mine;
-      const std::size_t begin = rows * me / threads;
-      const std::size_t end = rows * (me + 1) / threads;
-      parts[me] = gradient_rows(arch, params, inputs + begin * in, targets.offset(begin, out), end - begin, loss,
-                                grad_scale, mine);
-    } catch (...) {
-#pragma omp critical(kortex_gradient_split_failure)
-      if (!failure) failure = std::current_exception();
-    }
-    // Every thread arrives here, also after a failure, so nobody waits forever.
-#pragma omp barrier
-    if (!failure) {
-      // Whole cache lines per thread, so no two threads write the same line.
-      constexpr std::size_t kLine = 16;
-      const std::size_t lines = (count + kLine - 1) / kLine;
-      const std::size_t first = std::min(count, lines * me / threads * kLine);
-      const std::size_t last = std::min(count, lines * (me + 1) / threads * kLine);
-      for (std::size_t b = 1; b < threads; ++b) backend::add_into(grad + first, partial[b] + first, last - first);
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
+  const std::size_t blocks = split_rows(
+      rows, kMinRowsPerGradientBlock,
+      [&](std::size_t block, std::size_t begin, std::size_t end) {
+        parts[block] = gradient_rows(arch, params, inputs + begin * in, targets.offset(begin, out), end - begin,
+                                     loss, grad_scale, partial[block]);
+      },
+      [&](std::size_t me, std::size_t threads_run) {
+        // Whole cache lines per thread, so no two threads write the same line.
+        constexpr std::size_t kLine = 16;
+        const std::size_t lines = (count + kLine - 1) / kLine;
+        const std::size_t first = std::min(count, lines * me / threads_run * kLine);
+        const std::size_t last = std::min(count, lines * (me + 1) / threads_run * kLine);
+        for (std::size_t b = 1; b < threads_run; ++b) {
+          backend::add_into(grad + first, partial[b] + first, last - first);
+        }
+      });
+  if (blocks == 0) return gradient_rows(arch, params, inputs, targets, rows, loss, grad_scale, grad);
   LossSums total;
   for (std::size_t b = 0; b < blocks; ++b) total += parts[b];
   return total;
