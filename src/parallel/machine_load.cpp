@@ -3,6 +3,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -57,9 +58,7 @@ bool read_machine_busy(double* seconds) {
                     &iowait, &irq, &softirq, &steal) < 9) {
       continue;
     }
-    bool allowed = false;
-    for (int c : mine) allowed = allowed || c == cpu;
-    if (!allowed) continue;
+    if (!std::binary_search(mine.begin(), mine.end(), cpu)) continue;  // allowed_cpus() is ascending
     busy += user + nice + system + irq + softirq + steal;
     any = true;
   }
