@@ -3,7 +3,8 @@
 //  * the load of others is the machine's busy time less our own, per second;
 //  * a CPU counts as taken once others keep it 60% busy;
 //  * while other processes spin on all but one of our CPUs, a team is one
-//    thread; with the adaptation off, teams are what the budget says.
+//    thread, unless the user chose the thread count; with the adaptation
+//    off, teams are what the budget says.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <thread>
@@ -18,6 +20,8 @@
 
 #include "parallel/affinity.hpp"
 #include "parallel/machine_load.hpp"
+#include "parallel/thread_budget.hpp"
+#include "kortexdl/threading.hpp"
 
 namespace {
 
@@ -85,33 +89,81 @@ TEST(MachineLoad, ConcurrentCallersShareTheSampling) {
   EXPECT_FALSE(out_of_range.load());
 }
 
+// Processes spinning on all but one of our CPUs for as long as it lives.
+class Spinners {
+ public:
+  explicit Spinners(std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) {
+      const pid_t pid = fork();
+      if (pid == 0) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        volatile unsigned long spins = 0;
+        while (std::chrono::steady_clock::now() < until) spins = spins + 1;
+        _exit(0);
+      }
+      if (pid > 0) pids_.push_back(pid);
+    }
+  }
+  ~Spinners() {
+    for (pid_t pid : pids_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+  Spinners(const Spinners&) = delete;
+  Spinners& operator=(const Spinners&) = delete;
+  std::size_t started() const { return pids_.size(); }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// Three samples 250 ms apart: the last window lies inside the spinning.
+std::size_t team_after_three_samples(std::size_t threads) {
+  std::size_t team = threads;
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    team = team_left_by_others(threads);
+  }
+  return team;
+}
+
 TEST(MachineLoad, ATeamIsOneThreadWhileOthersSpinOnTheOtherCpus) {
   const std::size_t cpus = kortexdl::detail::allowed_cpu_count();
   if (cpus < 2) GTEST_SKIP() << "needs two CPUs";
   AdaptationOn on;
-  std::vector<pid_t> spinners;
-  for (std::size_t i = 0; i + 1 < cpus; ++i) {
-    const pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      volatile unsigned long spins = 0;
-      while (std::chrono::steady_clock::now() < until) spins = spins + 1;
-      _exit(0);
-    }
-    spinners.push_back(pid);
-  }
-  // Three samples 250 ms apart: the last window lies inside the spinning.
   std::size_t team = cpus;
-  for (int i = 0; i < 3; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    team = team_left_by_others(cpus);
-  }
-  for (pid_t pid : spinners) {
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
+  {
+    Spinners spinners(cpus - 1);
+    ASSERT_EQ(spinners.started(), cpus - 1);
+    team = team_after_three_samples(cpus);
   }
   EXPECT_EQ(team, 1u) << cpus - 1 << " other processes kept " << cpus - 1 << " of " << cpus << " CPUs busy";
+}
+
+TEST(MachineLoad, OnlyTheDefaultBudgetIsShortened) {
+  // A thread count the user chose is kept (results stay the same for the
+  // same count); the default budget leaves the busy CPUs out.
+  const std::size_t cpus = kortexdl::detail::allowed_cpu_count();
+  if (cpus < 2) GTEST_SKIP() << "needs two CPUs";
+  AdaptationOn on;
+  const std::size_t before = kortexdl::get_num_threads();
+  std::size_t chosen = 0;
+  std::size_t by_default = 0;
+  {
+    Spinners spinners(cpus - 1);
+    ASSERT_EQ(spinners.started(), cpus - 1);
+    (void)team_after_three_samples(cpus);
+    kortexdl::set_num_threads(cpus);
+    chosen = kortexdl::detail::ComputeScope(1e12).threads();
+    kortexdl::set_num_threads(0);
+    by_default = kortexdl::detail::ComputeScope(1e12).threads();
+  }
+  kortexdl::set_num_threads(before);
+  EXPECT_EQ(chosen, cpus) << "set_num_threads(" << cpus << ") was shortened by the load";
+  if (std::getenv("KORTEX_NUM_THREADS") == nullptr && std::getenv("OMP_NUM_THREADS") == nullptr) {
+    EXPECT_EQ(by_default, 1u) << "the default budget kept CPUs that others keep busy";
+  }
 }
 
 }  // namespace

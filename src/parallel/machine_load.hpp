@@ -10,7 +10,8 @@
 // core per call it took 85-101 us throughout (docs/BENCHMARKS.md). So a
 // team is shortened by the CPUs others kept busy over the last ~200 ms,
 // sampled from /proc/stat (the CPUs this process may use, steal included)
-// less this process's own CPU time. KORTEX_ADAPT_TO_LOAD=0 turns it off.
+// less this process's own CPU time. Only the default budget adapts
+// (thread_budget.cpp); KORTEX_ADAPT_TO_LOAD=0 turns it off.
 #include <cstddef>
 
 namespace kortexdl::detail {

@@ -43,6 +43,16 @@ std::atomic<std::size_t>& budget() {
   return value;
 }
 
+// Whether the user chose the thread count (set_num_threads(n > 0),
+// KORTEX_NUM_THREADS, OMP_NUM_THREADS). A chosen count is kept whatever the
+// machine's load, so results stay the same for the same count; only the
+// default budget adapts (machine_load.hpp).
+bool env_chooses_threads() { return env_threads("KORTEX_NUM_THREADS") != 0 || env_threads("OMP_NUM_THREADS") != 0; }
+std::atomic<bool>& budget_chosen() {
+  static std::atomic<bool> value{env_chooses_threads()};
+  return value;
+}
+
 std::atomic<std::size_t> in_flight{0};
 std::atomic<std::size_t> parked{0};  // of in_flight
 
@@ -113,6 +123,7 @@ void set_num_threads(std::size_t n) {
     throw InvalidArgumentError("num_threads: must be between 0 (default) and 4096, got " + std::to_string(n));
   }
   budget().store(n == 0 ? default_threads() : n);
+  budget_chosen().store(n != 0 || env_chooses_threads());
 }
 
 std::size_t get_num_threads() { return budget().load(); }
@@ -132,7 +143,8 @@ std::size_t share_for(double flops) {
 }
 
 std::size_t team_size_for(double flops) {
-  const std::size_t threads = team_left_by_others(share_for(flops));
+  const std::size_t share = share_for(flops);
+  const std::size_t threads = budget_chosen().load(std::memory_order_relaxed) ? share : team_left_by_others(share);
   return threads > 1 && may_use_team() ? threads : 1;
 }
 

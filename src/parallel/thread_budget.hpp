@@ -59,9 +59,9 @@ class ParkedCall {
 // Threads the caller may use for a region of `flops` work right now: its
 // share of the budget among the calls in flight that are not parked.
 std::size_t share_for(double flops);
-// share_for, less the CPUs other processes keep busy (machine_load.hpp),
-// and limited to one thread unless this thread owns (or may now take) the
-// intra-op team.
+// share_for, less the CPUs other processes keep busy (machine_load.hpp)
+// unless the user chose the thread count, and limited to one thread unless
+// this thread owns (or may now take) the intra-op team.
 std::size_t team_size_for(double flops);
 
 // Whether this thread owns the intra-op team (see thread_budget.cpp: one
