@@ -23,9 +23,10 @@ every figure is the median over the repeats. Reported: each variant's
 speedup and the default's over plain.
 
 --library NAME=DIR (repeatable) compares builds of the library instead:
-each variant runs with DIR first on LD_LIBRARY_PATH (a directory holding a
-libkortexdl.so.0, e.g. a copy of an older build's), with the GIL settings
-at their defaults; the last column is the last variant's speedup over the
+each variant runs with DIR first on LD_LIBRARY_PATH if it holds a
+libkortexdl.so.0 (e.g. a copy of an older build's) and first on PYTHONPATH
+if it holds a kortexdl/ package (a copy of python_bindings/kortexdl, for
+changes to the bindings), with the GIL settings at their defaults; the last column is the last variant's speedup over the
 first's. --budget sets kortexdl.set_num_threads (default 1: one core per
 call; 0: the default budget). --busy N keeps N other processes spinning
 for the whole run (a machine shared with busy neighbours). Besides the
@@ -146,12 +147,17 @@ def main():
             name, _, directory = text.partition("=")
             if not name or not directory or name in variants:
                 parser.error(f"--library {text}: expected NAME=DIR with a new NAME")
-            if not os.path.isfile(os.path.join(directory, "libkortexdl.so.0")):
-                parser.error(f"--library {text}: no libkortexdl.so.0 in {directory}")
-            path = os.path.abspath(directory)
-            if os.environ.get("LD_LIBRARY_PATH"):
-                path += os.pathsep + os.environ["LD_LIBRARY_PATH"]
-            variants[name] = {"LD_LIBRARY_PATH": path}
+            has_library = os.path.isfile(os.path.join(directory, "libkortexdl.so.0"))
+            has_package = os.path.isfile(os.path.join(directory, "kortexdl", "__init__.py"))
+            if not has_library and not has_package:
+                parser.error(f"--library {text}: neither libkortexdl.so.0 nor kortexdl/__init__.py in {directory}")
+            variants[name] = {}
+            for variable, wanted in (("LD_LIBRARY_PATH", has_library), ("PYTHONPATH", has_package)):
+                if wanted:
+                    path = os.path.abspath(directory)
+                    if os.environ.get(variable):
+                        path += os.pathsep + os.environ[variable]
+                    variants[name][variable] = path
     cases = CASES
     if args.case:
         cases = []

@@ -164,22 +164,30 @@ def loaded_library_dir():
 
 
 def test_gil_handoff_ab_compares_library_builds(tmp_path):
+    import kortexdl
+
     library = loaded_library_dir()
+    package = tmp_path / "package"  # a build of the bindings: a directory holding a kortexdl/ package
+    package.mkdir()
+    (package / "kortexdl").symlink_to(os.path.dirname(kortexdl.__file__))
     out = tmp_path / "builds.json"
     cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "--repeat", "1", "--min-time", "0.01", "--budget", "0",
-           "--case", "small/train/1", "--library", f"one={library}", "--library", f"two={library}",
+           "--case", "small/train/1", "--library", f"one={library}", "--library", f"two={package}",
            "--busy", "1", "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     report = json.loads(out.read_text())
     assert report["budget"] == 0 and list(report["variants"]) == ["one", "two"]
     assert report["variants"]["one"]["LD_LIBRARY_PATH"].split(os.pathsep)[0] == os.path.abspath(library)
+    assert "PYTHONPATH" not in report["variants"]["one"]
+    assert report["variants"]["two"]["PYTHONPATH"].split(os.pathsep)[0] == str(package)
+    assert "LD_LIBRARY_PATH" not in report["variants"]["two"]
     [row] = report["rows"]
     assert row["case"] == "small/train/1" and len(row["one"]) == 1 and len(row["two"]) == 1
     assert "| case | threads | one | two | two / one |" in p.stdout
     assert "| case | sequential us per call: one | two |" in p.stdout and "1 busy processes beside it" in p.stdout
     assert report["busy"] == 1 and len(row["us_per_call"]["one"]) == 1 and row["us_per_call"]["two"][0] > 0
-    for bad_args, message in ((["--library", f"one={tmp_path}"], "no libkortexdl.so.0"),
+    for bad_args, message in ((["--library", f"one={tmp_path}"], "neither libkortexdl.so.0 nor kortexdl/__init__.py"),
                               (["--library", f"one={library}", "--library", f"one={library}"], "new NAME"),
                               (["--library", "one"], "NAME=DIR"),
                               (["--budget", "-1"], "--budget"),
