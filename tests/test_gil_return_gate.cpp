@@ -14,6 +14,7 @@
 
 namespace {
 
+using kortexdl::python::leave_return_gate;
 using kortexdl::python::pass_return_gate;
 using kortexdl::python::reset_return_gate_counts;
 using kortexdl::python::return_gate_counts;
@@ -104,6 +105,47 @@ TEST(GilReturnGate, HoldersThatStayAwayLoseTheirLanes) {
   for (auto& t : holders) t.join();
   EXPECT_LT(waited, 2s);
   EXPECT_GT(return_gate_counts().expired, 0u);
+}
+
+TEST(GilReturnGate, ALeavingHolderFreesItsLane) {
+  // Both lanes held (fresh leases); one holder leaves, as a training step
+  // does: the next caller finds that lane free, neither queuing nor waiting
+  // for a lease to run out. Holders stay alive (an exiting thread gives its
+  // lane back anyway).
+  reset_return_gate_counts();
+  std::atomic<int> holding{0};
+  std::atomic<bool> done{false};
+  auto holder = [&](bool leaves) {
+    pass_return_gate(kShortCallNs);
+    if (leaves) leave_return_gate();
+    holding.fetch_add(1);
+    while (!done.load()) std::this_thread::sleep_for(100us);
+  };
+  std::thread stays(holder, false);
+  while (holding.load() < 1) std::this_thread::yield();
+  std::thread leaves(holder, true);
+  while (holding.load() < 2) std::this_thread::yield();
+  pass_return_gate(kShortCallNs);
+  const auto counts = return_gate_counts();
+  done = true;
+  stays.join();
+  leaves.join();
+  leave_return_gate();  // the main thread's lane, for the tests after this one
+  EXPECT_EQ(counts.queued, 0u);
+  EXPECT_EQ(counts.expired, 0u);
+}
+
+TEST(GilReturnGate, LeavingWithoutALaneChangesNothing) {
+  reset_return_gate_counts();
+  std::thread([] { leave_return_gate(); }).join();
+  std::thread([] {
+    leave_return_gate();
+    pass_return_gate(kShortCallNs);
+    leave_return_gate();
+    leave_return_gate();
+  }).join();
+  const auto counts = return_gate_counts();
+  EXPECT_EQ(counts.queued + counts.rotated + counts.expired, 0u);
 }
 
 }  // namespace

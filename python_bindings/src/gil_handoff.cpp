@@ -84,7 +84,7 @@ std::uint32_t gil_spin_budget_us() noexcept {
   return budget;
 }
 
-ReleasedGil::ReleasedGil() noexcept {
+ReleasedGil::ReleasedGil(ReturnGate gate) noexcept : gate_(gate) {
   const std::uint64_t mine = taken.load(std::memory_order_relaxed);
   state_ = PyEval_SaveThread();
   raise_to(released, mine);
@@ -93,7 +93,11 @@ ReleasedGil::ReleasedGil() noexcept {
 
 ReleasedGil::~ReleasedGil() {
   const Clock::time_point ended = work_ended_at_ != Clock::time_point{} ? work_ended_at_ : Clock::now();
-  pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(ended - released_at_).count());
+  if (gate_ == ReturnGate::pass) {
+    pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(ended - released_at_).count());
+  } else {
+    leave_return_gate();
+  }
   const std::uint32_t budget = gil_spin_budget_us();
   if (budget != 0 && held_by_returning_caller() && spare_cpu() &&
       now_ns() >= no_polling_until_ns.load(std::memory_order_relaxed) &&

@@ -24,12 +24,15 @@
 
 namespace kortexdl::python {
 
+// What a returning call does at the return gate (gil_return_gate.hpp).
+enum class ReturnGate { pass, leave };
+
 class ReleasedGil {
  public:
   using Clock = std::chrono::steady_clock;
 
-  ReleasedGil() noexcept;  // releases the GIL; must hold it
-  ~ReleasedGil();          // takes it back
+  explicit ReleasedGil(ReturnGate gate = ReturnGate::pass) noexcept;  // releases the GIL; must hold it
+  ~ReleasedGil();                                                     // takes it back
   ReleasedGil(const ReleasedGil&) = delete;
   ReleasedGil& operator=(const ReleasedGil&) = delete;
 
@@ -41,6 +44,7 @@ class ReleasedGil {
 
  private:
   PyThreadState* state_;
+  ReturnGate gate_;
   Clock::time_point released_at_;
   Clock::time_point work_ended_at_{};
 };

@@ -104,16 +104,23 @@ std::int64_t earliest_expiry(const Gate& g) {
   return earliest;
 }
 
+// Frees the thread's lane, or hands it to the first in line. Holds the mutex.
+void give_up_lane(Gate& g, ThreadLane& me) {
+  if (me.lane >= 0 && g.lanes[me.lane].holder == &me) {
+    if (g.line.empty()) {
+      g.lanes[me.lane] = Lane{};
+    } else {
+      hand_to_first(g, me.lane, now_ns());
+    }
+  }
+  me.lane = -1;
+}
+
 ThreadLane::~ThreadLane() {
   if (lane < 0 || return_gate_lanes() == 0) return;
   Gate& g = gate();
   std::lock_guard<std::mutex> lock(g.mutex);
-  if (g.lanes[lane].holder != this) return;
-  if (g.line.empty()) {
-    g.lanes[lane] = Lane{};
-  } else {
-    hand_to_first(g, lane, now_ns());
-  }
+  give_up_lane(g, *this);
 }
 
 // After fork() only the forking thread exists: the line and the lanes of the
@@ -196,6 +203,14 @@ void pass_return_gate(std::int64_t region_ns) {
   }
   me.lane = me.granted;
   me.granted = -1;
+}
+
+void leave_return_gate() {
+  ThreadLane& me = this_thread;
+  if (me.lane < 0 || return_gate_lanes() == 0) return;
+  Gate& g = gate();
+  std::lock_guard<std::mutex> lock(g.mutex);
+  give_up_lane(g, me);
 }
 
 ReturnGateCounts return_gate_counts() noexcept {

@@ -15,9 +15,10 @@
 // the GIL released. A holder whose turn has lasted 5 ms (CPython's switch
 // interval) while others wait hands its lane to the first of them, so every
 // thread makes progress. Only the first in line wakes up to look for expired
-// lanes; the others sleep until a lane is given to them. The gate never
-// keeps a thread from running Python for longer than a turn or a lease, so it
-// cannot deadlock: lanes are not locks, only priorities.
+// lanes; the others sleep until a lane is given to them. Training steps take
+// no lane (leave_return_gate). The gate never keeps a thread from running
+// Python for longer than a turn or a lease, so it cannot deadlock: lanes are
+// not locks, only priorities.
 //
 // KORTEX_GIL_LANES sets the number of lanes (default: the usable CPUs; 0
 // turns the gate off), read once.
@@ -27,6 +28,14 @@ namespace kortexdl::python {
 
 // Called with the GIL released, after a call's C++ part (region_ns long).
 void pass_return_gate(std::int64_t region_ns);
+
+// Called instead by a training step on a shared network: gives up the
+// caller's lane, if it holds one, and never waits. Concurrent steps are
+// combined or gated in C++ (docs/CONCURRENCY.md, "Reads and writes"), which
+// works best with every trainer able to submit; keeping all but two of them
+// parked here made 100-50-10 training at batch 1 on 4 threads run at 0.69x
+// of one thread instead of 0.91x (docs/BENCHMARKS.md).
+void leave_return_gate();
 
 std::uint32_t return_gate_lanes() noexcept;
 

@@ -99,14 +99,15 @@ inline constexpr bool is_python_object_v = std::is_base_of_v<pybind11::handle, s
 }  // namespace detail
 
 // Runs fn() with the GIL released. fn must not touch any Python object; its
-// result must be a plain C++ value (checked at compile time).
-template <MethodName Name, class Fn>
+// result must be a plain C++ value (checked at compile time). Training steps
+// pass ReturnGate::leave (gil_return_gate.hpp).
+template <MethodName Name, ReturnGate Gate = ReturnGate::pass, class Fn>
 decltype(auto) without_gil(Fn&& fn) {
   using Result = std::invoke_result_t<Fn&>;
   static_assert(!detail::is_python_object_v<Result>,
                 "without_gil: the released region must return a C++ value, not a Python object");
   static MethodStats& stats = method_stats(Name.text);
-  ReleasedGil release;
+  ReleasedGil release(Gate);
   if (PyGILState_Check() != 0) record_gil_violation();
   detail::RegionTimer timer(stats, release);
   return fn();

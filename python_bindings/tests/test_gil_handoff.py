@@ -234,6 +234,51 @@ def test_holders_that_wait_for_a_queued_thread_lose_their_lanes(single_thread, r
     assert kortexdl.gil_stats()["gil_handoff"]["expired"] > 0
 
 
+def test_training_steps_leave_the_lanes_to_readers(single_thread, rng):
+    """Training steps on a shared network are combined in C++, which works
+    best with every trainer able to submit: a step gives up its lane and never
+    queues for one, so eight trainers never wait in line, while forward calls
+    made beside them still do."""
+    net = kortexdl.Network([100, 64, 10], seed=3)
+    net.enable_thread_safety(True)
+    x = rng.standard_normal((1, 100)).astype(np.float32)
+    y = np.array([3])
+
+    def run(workers, seconds=0.5):
+        stop = threading.Event()
+        counts = [0] * len(workers)
+
+        def loop(i, call):
+            while not stop.is_set():
+                call()
+                counts[i] += 1
+
+        threads = [threading.Thread(target=loop, args=(i, call)) for i, call in enumerate(workers)]
+        kortexdl.reset_gil_stats()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        return counts, kortexdl.gil_stats()["gil_handoff"]
+
+    def train():
+        net.train_batch(x, y, kortexdl.LossType.CrossEntropy, 1e-4)
+
+    counts, gate = run([train] * 8)
+    assert min(counts) > 0, counts
+    assert gate["queued"] == 0, gate
+    assert np.isfinite(net.get_parameters()).all()
+
+    def forward():
+        net.forward(x[0])
+
+    counts, gate = run([train] * 4 + [forward] * 8)
+    assert min(counts) > 0, counts
+    assert gate["queued"] > 0, gate
+
+
 EXIT_CHILD = """
 import threading, numpy as np, kortexdl
 kortexdl.set_num_threads(1)

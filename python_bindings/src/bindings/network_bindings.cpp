@@ -176,7 +176,7 @@ float train_batch(Network& net, const py::object& inputs, const py::object& targ
   const Targets view = target_arrays.view();
   const std::span<const float> in = batch.inputs.span();
   const std::size_t rows = batch.rows;
-  return without_gil<Name>([&] {
+  return without_gil<Name, ReturnGate::leave>([&] {
     if constexpr (Locked) {
       return net.train_batch_thread_safe(in, view, loss, rate, rows);
     } else {
@@ -224,7 +224,7 @@ void apply_gradients(Network& net, const py::object& grad, const py::object& lea
                      " floats, got " + std::to_string(gradient.size));
   }
   const std::span<const float> values = gradient.span();
-  without_gil<"apply_gradients">([&] { net.apply_gradients(values, rate); });
+  without_gil<"apply_gradients", ReturnGate::leave>([&] { net.apply_gradients(values, rate); });
 }
 
 // ---- parameters --------------------------------------------------------------
