@@ -4,7 +4,9 @@
 //  * a CPU counts as taken once others keep it 60% busy;
 //  * while other processes spin on all but one of our CPUs, a team is one
 //    thread, unless the user chose the thread count; with the adaptation
-//    off, teams are what the budget says.
+//    off, teams are what the budget says;
+//  * while a team is shortened, the machine is sampled every 50 ms instead
+//    of every 200 ms, so the team grows back soon after the others stop.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -139,6 +141,29 @@ TEST(MachineLoad, ATeamIsOneThreadWhileOthersSpinOnTheOtherCpus) {
     team = team_after_three_samples(cpus);
   }
   EXPECT_EQ(team, 1u) << cpus - 1 << " other processes kept " << cpus - 1 << " of " << cpus << " CPUs busy";
+}
+
+TEST(MachineLoad, AShortenedTeamIsReconsideredSooner) {
+  const std::size_t cpus = kortexdl::detail::allowed_cpu_count();
+  if (cpus < 2) GTEST_SKIP() << "needs two CPUs";
+  AdaptationOn on;
+  std::uint64_t samples = 0;
+  std::size_t team = cpus;
+  {
+    Spinners spinners(cpus - 1);
+    ASSERT_EQ(spinners.started(), cpus - 1);
+    team = team_after_three_samples(cpus);
+    // 400 ms of calls every 5 ms: 8 samples at 50 ms, 2 at 200 ms.
+    const std::uint64_t before = kortexdl::detail::load_samples();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(400);
+    while (std::chrono::steady_clock::now() < until) {
+      (void)team_left_by_others(cpus);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    samples = kortexdl::detail::load_samples() - before;
+  }
+  ASSERT_EQ(team, 1u) << "the team was not shortened, so nothing to reconsider";
+  EXPECT_GE(samples, 5u) << "a shortened team was reconsidered only every 200 ms";
 }
 
 TEST(MachineLoad, OnlyTheDefaultBudgetIsShortened) {

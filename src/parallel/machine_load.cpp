@@ -19,6 +19,14 @@ namespace kortexdl::detail {
 namespace {
 
 constexpr std::int64_t kWindowNs = 200'000'000;
+// While others hold CPUs, the next window is shorter, so the team comes back
+// soon after they stop: a sample's window runs from the previous sample, and
+// after a pause in our calls it still holds the load of before. Measured in
+// the GIL-release benchmark, whose workers take turns: with 200 ms only, a
+// KortexDL timing that followed a busy PyTorch one ran on one core for most
+// of its 0.2 s (docs/BENCHMARKS.md). 50 ms is five of /proc/stat's 10 ms
+// ticks per CPU.
+constexpr std::int64_t kRecheckNs = 50'000'000;
 constexpr double kBusyEnoughToCount = 0.6;
 
 std::atomic<bool>& adaptation() {
@@ -71,6 +79,7 @@ bool read_machine_busy(double* seconds) {
 std::atomic<std::int64_t> next_sample_ns{0};
 std::atomic<bool> sampling{false};
 std::atomic<std::size_t> taken_by_others{0};
+std::atomic<std::uint64_t> samples_taken{0};
 LoadSample last_sample;  // written only by the thread that holds `sampling`
 bool have_last_sample = false;
 
@@ -79,6 +88,7 @@ void sample_now(double wall) {
   now.wall = wall;
   now.own = clock_seconds(CLOCK_PROCESS_CPUTIME_ID);
   if (!read_machine_busy(&now.machine_busy)) return;
+  samples_taken.fetch_add(1, std::memory_order_relaxed);
   if (have_last_sample) taken_by_others.store(cpus_taken(busy_elsewhere(last_sample, now)), std::memory_order_relaxed);
   last_sample = now;
   have_last_sample = true;
@@ -106,12 +116,15 @@ std::size_t team_left_by_others(std::size_t threads) {
   if (now_ns >= next_sample_ns.load(std::memory_order_relaxed) &&
       !sampling.exchange(true, std::memory_order_acquire)) {
     sample_now(wall);
-    next_sample_ns.store(now_ns + kWindowNs, std::memory_order_relaxed);
+    const bool others_hold_cpus = taken_by_others.load(std::memory_order_relaxed) > 0;
+    next_sample_ns.store(now_ns + (others_hold_cpus ? kRecheckNs : kWindowNs), std::memory_order_relaxed);
     sampling.store(false, std::memory_order_release);
   }
   const std::size_t others = taken_by_others.load(std::memory_order_relaxed);
   return others >= threads ? 1 : threads - others;
 }
+
+std::uint64_t load_samples() { return samples_taken.load(std::memory_order_relaxed); }
 
 bool load_adaptation_enabled() { return adaptation().load(std::memory_order_relaxed); }
 
