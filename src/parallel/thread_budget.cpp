@@ -26,9 +26,15 @@ std::size_t env_threads(const char* name) {
   return static_cast<std::size_t>(parsed);
 }
 
-std::size_t default_threads() {
+// The thread count the environment chooses: KORTEX_NUM_THREADS, else
+// OMP_NUM_THREADS; 0 when neither does.
+std::size_t env_chosen_threads() {
   if (auto n = env_threads("KORTEX_NUM_THREADS")) return n;
-  if (auto n = env_threads("OMP_NUM_THREADS")) return n;
+  return env_threads("OMP_NUM_THREADS");
+}
+
+std::size_t default_threads() {
+  if (auto n = env_chosen_threads()) return n;
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
@@ -47,9 +53,8 @@ std::atomic<std::size_t>& budget() {
 // KORTEX_NUM_THREADS, OMP_NUM_THREADS). A chosen count is kept whatever the
 // machine's load, so results stay the same for the same count; only the
 // default budget adapts (machine_load.hpp).
-bool env_chooses_threads() { return env_threads("KORTEX_NUM_THREADS") != 0 || env_threads("OMP_NUM_THREADS") != 0; }
 std::atomic<bool>& budget_chosen() {
-  static std::atomic<bool> value{env_chooses_threads()};
+  static std::atomic<bool> value{env_chosen_threads() != 0};
   return value;
 }
 
@@ -123,7 +128,7 @@ void set_num_threads(std::size_t n) {
     throw InvalidArgumentError("num_threads: must be between 0 (default) and 4096, got " + std::to_string(n));
   }
   budget().store(n == 0 ? default_threads() : n);
-  budget_chosen().store(n != 0 || env_chooses_threads());
+  budget_chosen().store(n != 0 || env_chosen_threads() != 0);
 }
 
 std::size_t get_num_threads() { return budget().load(); }
