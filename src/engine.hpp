@@ -67,9 +67,10 @@ LossSums gradient_rows(const Architecture& arch, const float* params, const floa
 // added in block order) with the rows split into one block per thread of
 // the calling thread's team, each block computed single-threaded into a
 // buffer of its own, after which the threads add the buffers up, each over
-// its part of the parameters (the same region: split_rows in engine.cpp). A step is one parallel region instead of
-// one per GEMM and kernel: on a virtual machine every region whose team has
-// gone to sleep costs a wake-up (docs/BENCHMARKS.md). Falls back to
+// its part of the parameters (the same region: split_rows in engine.cpp). A
+// step is one parallel region instead of one per GEMM and kernel: on a
+// virtual machine every region whose team has gone to sleep costs a wake-up
+// (docs/BENCHMARKS.md). Falls back to
 // gradient_rows for one thread or few rows. For a given team size the result
 // is deterministic.
 LossSums gradient_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
