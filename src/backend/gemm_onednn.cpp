@@ -7,9 +7,9 @@
 
 namespace kortexdl::backend {
 
-void sgemm(bool transpose_a, bool transpose_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
-           const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta, float* c,
-           std::size_t ldc) {
+void library_sgemm(bool transpose_a, bool transpose_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
+                   const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta, float* c,
+                   std::size_t ldc) {
   const dnnl_status_t status =
       dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', static_cast<dnnl_dim_t>(m),
                  static_cast<dnnl_dim_t>(n), static_cast<dnnl_dim_t>(k), alpha, a, static_cast<dnnl_dim_t>(lda), b,
@@ -19,6 +19,10 @@ void sgemm(bool transpose_a, bool transpose_b, std::size_t m, std::size_t n, std
                         std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
   }
 }
+
+// Its one-row product adds each column's terms in row order, one FMA chain,
+// as the row kernels do.
+bool library_matches_row_kernels() { return true; }
 
 std::string_view gemm_name() { return "onednn"; }
 
