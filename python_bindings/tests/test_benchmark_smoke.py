@@ -194,3 +194,26 @@ def test_gil_handoff_ab_compares_library_builds(tmp_path):
                               (["--busy", "-1"], "--busy")):
         bad = subprocess.run([sys.executable, AB_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
+
+
+TVP_SCRIPT = os.path.join(REPO, "bench", "threads_vs_processes.py")
+
+
+def test_threads_vs_processes_runs_every_case(tmp_path):
+    out = tmp_path / "tvp.json"
+    cmd = [sys.executable, TVP_SCRIPT, "--case", "small/forward/1", "small/train/3", "--workers", "2", "--repeat", "2",
+           "--duration", "0.02", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert report["workers"] == 2
+    assert [row["case"] for row in report["rows"]] == ["small/forward/1", "small/train/3"]
+    for row in report["rows"]:
+        assert len(row["rounds"]) == 2
+        for r in row["rounds"]:
+            assert set(r) == {"single", "processes", "threads"} and all(v > 0 for v in r.values())
+        assert all(e > 0 for e in row["processes_efficiency"] + row["threads_efficiency"])
+    assert "| small/forward/1 |" in p.stdout and "| small/train/3 |" in p.stdout
+    for case in ("huge/forward/1", "small/forward", "small/evaluate/1", "small/train/0"):
+        bad = subprocess.run([sys.executable, TVP_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)

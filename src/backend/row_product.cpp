@@ -35,11 +35,13 @@ constexpr int kDotRows = 8;
 constexpr std::size_t kPrefetchRows = 2;
 constexpr int kPrefetchFromVectors = 8;
 
+// The lanes of a row's last, partial vector. Masked loads never touch the
+// lanes left out, so no read goes past a row or the matrix.
 KORTEX_AVX512 inline __mmask16 first_lanes(std::size_t count) {
   return count >= kLanes ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
 }
 
-// Masked loads never touch the lanes left out, so no read goes past a row.
+// y = alpha * sum + beta * y on `lanes`; with beta == 0, y is not read.
 KORTEX_AVX512 inline void store(float* y, __m512 sum, float alpha, float beta, __mmask16 lanes) {
   __m512 out = _mm512_mul_ps(_mm512_set1_ps(alpha), sum);
   if (beta != 0.0f) out = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(lanes, y), out);
@@ -63,11 +65,12 @@ KORTEX_AVX512 inline __attribute__((always_inline)) void add_row(__m512 (&acc)[V
 
 // y[0, 16V), the last vector limited to `last` lanes: x times the V x 16
 // columns of B starting at b, one row of B after the other. Each column
-// adds its products in row order, one chain, as oneDNN's GEMM does for
-// several rows when k is small, so a row comes out the same bit for bit
-// alone or in a batch (tests/test_known_answers.cpp). Dealing the rows to
-// several chains would hide the FMA latency on narrow layers, but they take
-// a few dozen nanoseconds either way.
+// adds its products in row order, one chain, as oneDNN's one-row product
+// does (and its few-row products when k is small), so the outputs are
+// oneDNN's bit for bit and a row comes out the same alone or in a batch
+// (tests/test_row_product.cpp, tests/test_known_answers.cpp). Dealing the
+// rows to several chains would hide the FMA latency on narrow layers, at
+// the price of those bits.
 template <int V>
 KORTEX_AVX512 void columns_block(std::size_t k, const float* x, const float* b, std::size_t ldb, __mmask16 last,
                                  float alpha, float beta, float* y) {

@@ -1,0 +1,88 @@
+// Batch-1 products: the row kernels (src/backend/row_product.hpp) against
+// the library's GEMM on the layer shapes of the benchmark networks, on one
+// thread and on two threads with data of their own (which shows what the
+// library's per-call locking costs when threads call at once).
+//
+//   build/bench/kortexdl_bench_row_product --benchmark_filter=forward
+//
+// Names: {forward|backward}/<inputs>x<outputs>/{kernel|library}/threads:N;
+// forward is one row times the layer's inputs x outputs weights, backward
+// one delta row times them transposed (training at batch 1).
+#include <benchmark/benchmark.h>
+#include <omp.h>
+
+#include <cstddef>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/gemm.hpp"
+#include "backend/row_product.hpp"
+
+namespace {
+
+struct Layer {
+  std::size_t inputs, outputs;
+};
+
+// Every layer of 100-50-10, 784-256-128-10 and 1000-512-256-128-10.
+constexpr Layer kLayers[] = {{100, 50}, {50, 10},   {784, 256}, {256, 128},
+                             {128, 10}, {1000, 512}, {512, 256}};
+
+std::vector<float> random_floats(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<float> values(n);
+  for (float& v : values) v = normal(rng);
+  return values;
+}
+
+void product(benchmark::State& state, Layer layer, bool backward, bool kernel) {
+  omp_set_num_threads(1);  // as the engine's calls at batch 1: one thread each
+  const std::size_t k = backward ? layer.outputs : layer.inputs;
+  const std::size_t n = backward ? layer.inputs : layer.outputs;
+  // Per benchmark thread: the threads share nothing but the code.
+  const std::vector<float> weights = random_floats(layer.inputs * layer.outputs, 1 + state.thread_index());
+  const std::vector<float> row = random_floats(k, 2 + state.thread_index());
+  std::vector<float> out(n);
+  for (auto _ : state) {
+    if (kernel) {
+      kortexdl::backend::row_times_matrix(backward, n, k, 1.0f, row.data(), weights.data(), layer.outputs, 0.0f,
+                                          out.data());
+    } else {
+      kortexdl::backend::library_sgemm(false, backward, 1, n, k, 1.0f, row.data(), k, weights.data(), layer.outputs,
+                                       0.0f, out.data(), n);
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+void register_all() {
+  if (!kortexdl::backend::row_kernels_available()) return;  // nothing to compare without AVX-512
+  for (const Layer& layer : kLayers) {
+    for (const bool backward : {false, true}) {
+      for (const bool kernel : {true, false}) {
+        const std::string name = std::string(backward ? "backward/" : "forward/") + std::to_string(layer.inputs) +
+                                 "x" + std::to_string(layer.outputs) + (kernel ? "/kernel" : "/library");
+        benchmark::RegisterBenchmark(name.c_str(), product, layer, backward, kernel)
+            ->Threads(1)
+            ->Threads(2)
+            ->UseRealTime()
+            ->MinTime(0.05);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
