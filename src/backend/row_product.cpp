@@ -100,7 +100,8 @@ KORTEX_AVX512 void row_times_columns(std::size_t n, std::size_t k, float alpha, 
   }
 }
 
-// acc[r] += x . B[r, 0:k) for R rows of B starting at b, lane by lane.
+// acc[r]: the lane-wise partial sums of x . B[r, 0:k), for R rows of B
+// starting at b.
 template <int R>
 KORTEX_AVX512 inline __attribute__((always_inline)) void dot_rows(std::size_t k, const float* x, const float* b,
                                                                   std::size_t ldb, __m512 (&acc)[R]) {
@@ -151,8 +152,7 @@ KORTEX_AVX512 void row_times_rows(std::size_t n, std::size_t k, float alpha, con
   for (; r < n; ++r) {
     __m512 acc[1];
     dot_rows<1>(k, x, b + r * ldb, ldb, acc);
-    const float sum = _mm512_reduce_add_ps(acc[0]);
-    y[r] = alpha * sum + (beta != 0.0f ? beta * y[r] : 0.0f);
+    store(y + r, _mm512_set1_ps(_mm512_reduce_add_ps(acc[0])), alpha, beta, first_lanes(1));
   }
 }
 
