@@ -48,7 +48,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
-#include <new>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -58,6 +57,7 @@
 #include <mutex>
 #include <vector>
 
+#include "bench_data.hpp"
 #include "kortexdl/loss.hpp"
 #include "kortexdl/network.hpp"
 #include "kortexdl/network_config.hpp"
@@ -178,28 +178,8 @@ void set_counters(benchmark::State& state, double flop_per_iteration, std::size_
   state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(rows));
 }
 
-std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-// 64-byte aligned float buffer (what the engine's workspace hands out).
-struct Buffer {
-  struct Free {
-    void operator()(float* p) const { ::operator delete(p, std::align_val_t{64}); }
-  };
-  std::unique_ptr<float[], Free> data;
-  std::size_t size = 0;
-  explicit Buffer(std::size_t n, std::uint64_t seed = 0) : size(n) {
-    data.reset(static_cast<float*>(::operator new(std::max<std::size_t>(n, 1) * sizeof(float), std::align_val_t{64})));
-    const auto values = random_floats(n, seed, 0.1f);
-    std::copy(values.begin(), values.end(), data.get());
-  }
-  float* get() const { return data.get(); }
-};
+using kortexdl::bench::AlignedFloats;
+using kortexdl::bench::random_floats;
 
 // Row-major sgemm, the call the engine makes.
 inline void sgemm(char ta, char tb, std::size_t m, std::size_t n, std::size_t k, const float* a, std::size_t lda,
@@ -287,11 +267,11 @@ void BM_SharedTrain(benchmark::State& state, const Config* cfg, std::size_t batc
 // ---- the ceiling: the step's GEMMs, back to back, on aligned buffers -------
 
 struct GemmPlan {
-  std::vector<Buffer> weights;   // in x out, per layer
-  std::vector<Buffer> acts;      // acts[0] = inputs (batch x in0), acts[l+1] = layer l output
-  std::vector<Buffer> dweights;  // in x out, per layer
-  std::vector<Buffer> deltas;    // batch x out per layer: fixed inputs of the backward GEMMs
-  std::vector<Buffer> dinputs;   // batch x in per layer: outputs of dX = delta * W^T
+  std::vector<AlignedFloats> weights;   // in x out, per layer
+  std::vector<AlignedFloats> acts;      // acts[0] = inputs (batch x in0), acts[l+1] = layer l output
+  std::vector<AlignedFloats> dweights;  // in x out, per layer
+  std::vector<AlignedFloats> deltas;    // batch x out per layer: fixed inputs of the backward GEMMs
+  std::vector<AlignedFloats> dinputs;   // batch x in per layer: outputs of dX = delta * W^T
   // The backward GEMMs read fixed deltas rather than each other's outputs:
   // chaining dX = delta * W^T across iterations would shrink the values into
   // denormals and measure the FPU's slow path instead of the GEMM.
@@ -365,7 +345,7 @@ void BM_Sgemm(benchmark::State& state, Shape s, Mode mode) {
   ThreadMode threads(mode);
   const std::size_t lda = s.ta == 'N' ? s.k : s.m;
   const std::size_t ldb = s.tb == 'N' ? s.n : s.k;
-  Buffer a(s.m * s.k, 1), b(s.k * s.n, 2), c(s.m * s.n, 3);
+  AlignedFloats a(s.m * s.k, 1), b(s.k * s.n, 2), c(s.m * s.n, 3);
   for (int i = 0; i < 3; ++i) sgemm(s.ta, s.tb, s.m, s.n, s.k, a.get(), lda, b.get(), ldb, c.get(), s.n);
   const CpuSample cpu_start = CpuSample::now();
   for (auto _ : state) {

@@ -12,14 +12,16 @@
 #include <omp.h>
 
 #include <cstddef>
-#include <random>
+#include <cstdint>
 #include <string>
-#include <vector>
 
 #include "backend/gemm.hpp"
 #include "backend/row_product.hpp"
+#include "bench_data.hpp"
 
 namespace {
+
+using kortexdl::bench::AlignedFloats;
 
 struct Layer {
   std::size_t inputs, outputs;
@@ -29,31 +31,24 @@ struct Layer {
 constexpr Layer kLayers[] = {{100, 50}, {50, 10},   {784, 256}, {256, 128},
                              {128, 10}, {1000, 512}, {512, 256}};
 
-std::vector<float> random_floats(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.05f);
-  std::vector<float> values(n);
-  for (float& v : values) v = normal(rng);
-  return values;
-}
-
 void product(benchmark::State& state, Layer layer, bool backward, bool kernel) {
   omp_set_num_threads(1);  // as the engine's calls at batch 1: one thread each
   const std::size_t k = backward ? layer.outputs : layer.inputs;
   const std::size_t n = backward ? layer.inputs : layer.outputs;
   // Per benchmark thread: the threads share nothing but the code.
-  const std::vector<float> weights = random_floats(layer.inputs * layer.outputs, 1 + state.thread_index());
-  const std::vector<float> row = random_floats(k, 2 + state.thread_index());
-  std::vector<float> out(n);
+  const auto thread = static_cast<std::uint64_t>(state.thread_index());
+  const AlignedFloats weights(layer.inputs * layer.outputs, 1 + thread);
+  const AlignedFloats row(k, 2 + thread);
+  AlignedFloats out(n);
   for (auto _ : state) {
     if (kernel) {
-      kortexdl::backend::row_times_matrix(backward, n, k, 1.0f, row.data(), weights.data(), layer.outputs, 0.0f,
-                                          out.data());
+      kortexdl::backend::row_times_matrix(backward, n, k, 1.0f, row.get(), weights.get(), layer.outputs, 0.0f,
+                                          out.get());
     } else {
-      kortexdl::backend::library_sgemm(false, backward, 1, n, k, 1.0f, row.data(), k, weights.data(), layer.outputs,
-                                       0.0f, out.data(), n);
+      kortexdl::backend::library_sgemm(false, backward, 1, n, k, 1.0f, row.get(), k, weights.get(), layer.outputs,
+                                       0.0f, out.get(), n);
     }
-    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(out.get());
     benchmark::ClobberMemory();
   }
   state.SetItemsProcessed(state.iterations());

@@ -24,8 +24,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <memory>
-#include <new>
 #include <random>
 #include <span>
 #include <string>
@@ -34,6 +32,7 @@
 #include "architecture.hpp"
 #include "backend/gemm.hpp"
 #include "backend/kernels.hpp"
+#include "bench_data.hpp"
 #include "kortexdl/network.hpp"
 #include "kortexdl/threading.hpp"
 #include "optimizer_update.hpp"
@@ -47,6 +46,7 @@ using kortexdl::Activation;
 using kortexdl::LossType;
 namespace detail = kortexdl::detail;
 namespace backend = kortexdl::backend;
+namespace bench = kortexdl::bench;
 
 double tsc_ghz() {
   const auto t0 = std::chrono::steady_clock::now();
@@ -240,25 +240,15 @@ void replay_train(Phases& ph, const detail::Architecture& arch, const kortexdl::
 // element-wise work in between (what kortexdl_bench's ceil/ rows run), under
 // the same phase names so each GEMM can be compared with the library's.
 struct CeilingPlan {
-  struct Free {
-    void operator()(float* p) const { ::operator delete(p, std::align_val_t{64}); }
-  };
-  using Buf = std::unique_ptr<float[], Free>;
-  static Buf make(std::size_t n) {
-    Buf b(static_cast<float*>(::operator new(std::max<std::size_t>(n, 1) * sizeof(float), std::align_val_t{64})));
-    std::mt19937 rng(static_cast<unsigned>(n));
-    std::normal_distribution<float> d(0.0f, 0.1f);
-    for (std::size_t i = 0; i < n; ++i) b[i] = d(rng);
-    return b;
-  }
-  std::vector<Buf> w, acts, dw, deltas, dx;
+  std::vector<bench::AlignedFloats> w, acts, dw, deltas, dx;
   CeilingPlan(const std::vector<std::size_t>& sizes, std::size_t rows) {
-    for (std::size_t l = 0; l < sizes.size(); ++l) acts.push_back(make(rows * sizes[l]));
+    std::uint64_t seed = 0;
+    for (std::size_t l = 0; l < sizes.size(); ++l) acts.emplace_back(rows * sizes[l], ++seed);
     for (std::size_t l = 0; l + 1 < sizes.size(); ++l) {
-      w.push_back(make(sizes[l] * sizes[l + 1]));
-      dw.push_back(make(sizes[l] * sizes[l + 1]));
-      deltas.push_back(make(rows * sizes[l + 1]));
-      dx.push_back(make(rows * sizes[l]));
+      w.emplace_back(sizes[l] * sizes[l + 1], ++seed);
+      dw.emplace_back(sizes[l] * sizes[l + 1], ++seed);
+      deltas.emplace_back(rows * sizes[l + 1], ++seed);
+      dx.emplace_back(rows * sizes[l], ++seed);
     }
   }
 };
