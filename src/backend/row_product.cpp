@@ -29,8 +29,6 @@ constexpr std::size_t kLanes = 16;
 // multiply-adds, and 8 or more chains (2 FMA units x 4 cycles) keep the
 // units busy; 16 leave registers for the loads.
 constexpr int kMaxVectors = 16;
-constexpr std::size_t kPrefetchRows = 2;
-constexpr int kPrefetchFromVectors = 8;
 
 // The lanes of a row's last, partial vector. Masked loads never touch the
 // lanes left out, so no read goes past a row or the matrix.
@@ -46,15 +44,12 @@ KORTEX_AVX512 inline void store(float* y, __m512 sum, float alpha, float beta, _
 }
 
 // acc += xi * the V x 16 values of `row`, the last vector limited to `last`.
-// Wide blocks stream B from L2 or beyond: they also ask for the same
-// columns kPrefetchRows rows ahead (`ahead`), which brought a
-// 784-256-128-10 forward at batch 1 from 0.94x oneDNN's speed to parity.
+// No software prefetch: the hardware's keeps up with one row after the
+// other, and a prefetch per cache line took load slots from the loads (the
+// 784x256 and 512x256 products 5-10% slower with one two rows ahead).
 template <int V>
 KORTEX_AVX512 inline __attribute__((always_inline)) void add_row(__m512 (&acc)[V], float xi, const float* row,
-                                                                 const float* ahead, __mmask16 last) {
-  if constexpr (V >= kPrefetchFromVectors) {
-    for (int v = 0; v < V; ++v) _mm_prefetch(reinterpret_cast<const char*>(ahead + kLanes * v), _MM_HINT_T0);
-  }
+                                                                 __mmask16 last) {
   const __m512 scale = _mm512_set1_ps(xi);
   for (int v = 0; v + 1 < V; ++v) acc[v] = _mm512_fmadd_ps(scale, _mm512_loadu_ps(row + kLanes * v), acc[v]);
   acc[V - 1] = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(last, row + kLanes * (V - 1)), acc[V - 1]);
@@ -71,13 +66,15 @@ KORTEX_AVX512 inline __attribute__((always_inline)) void add_row(__m512 (&acc)[V
 template <int V>
 KORTEX_AVX512 void columns_block(std::size_t k, const float* x, const float* b, std::size_t ldb, __mmask16 last,
                                  float alpha, float beta, float* y) {
+  // The loops over acc are unrolled, so that every index is a constant: with
+  // a variable one GCC 12 kept acc in memory and stored all V vectors to the
+  // stack after every row of B (784-256-128-10's first layer at batch 1: 9.0
+  // us, unrolled 6.3).
   __m512 acc[V];
+#pragma GCC unroll 16
   for (int v = 0; v < V; ++v) acc[v] = _mm512_setzero_ps();
-  for (std::size_t i = 0; i < k; ++i) {
-    // Prefetches stay inside B: past its last rows they ask for the row itself.
-    const std::size_t ahead = i + kPrefetchRows < k ? i + kPrefetchRows : i;
-    add_row<V>(acc, x[i], b + i * ldb, b + ahead * ldb, last);
-  }
+  for (std::size_t i = 0; i < k; ++i) add_row<V>(acc, x[i], b + i * ldb, last);
+#pragma GCC unroll 16
   for (int v = 0; v < V; ++v) store(y + kLanes * v, acc[v], alpha, beta, v + 1 == V ? last : first_lanes(kLanes));
 }
 
