@@ -9,8 +9,9 @@
 // (seen with gdb), so two threads making such calls on private data ran at
 // 0.70-0.89x their combined single-thread rate. A 100-50-10 forward at batch
 // 1 took 0.74 us in C++, nearly all of it in its two dnnl_sgemm calls; on
-// these kernels 0.34 us. On layers read from L2 or beyond they only match the
-// library (bandwidth-bound either way). docs/BENCHMARKS.md has the figures.
+// these kernels 0.34 us. Layers read from L2 take them about two thirds of
+// the library's time (784x256: 9.3 us in oneDNN, 7.3 here) and layers
+// beyond L2 the same. docs/BENCHMARKS.md has the figures.
 #include <cstddef>
 
 namespace kortexdl::backend {
