@@ -60,7 +60,11 @@ CASES = [
     ("large", "forward", 32),
 ]
 
-SIZES = {"small": [100, 50, 10], "medium": [784, 256, 128, 10], "large": [1000, 512, 256, 128, 10]}
+# The spec benchmark's networks (python_bindings/benchmark_gil_release.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_bindings"))
+from benchmark_gil_release import ALL_CONFIGS, CONFIGS  # noqa: E402
+
+SIZES = {name: CONFIGS[name] for name in ALL_CONFIGS}
 
 WORKER = r"""
 import json, sys, threading, time

@@ -31,16 +31,18 @@ import sys
 import threading
 import time
 
-CONFIGS = {"small": [100, 50, 10], "medium": [784, 256, 128, 10], "large": [1000, 512, 256, 128, 10]}
+# The spec benchmark's networks (python_bindings/benchmark_gil_release.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_bindings"))
+from benchmark_gil_release import ALL_CONFIGS, CONFIGS  # noqa: E402
 OPS = ("forward", "train")
 RUNS = ("single", "processes", "threads")
 
 
 def parse_case(text):
     parts = text.split("/")
-    if len(parts) != 3 or parts[0] not in CONFIGS or parts[1] not in OPS or not parts[2].isdigit() or int(parts[2]) < 1:
+    if len(parts) != 3 or parts[0] not in ALL_CONFIGS or parts[1] not in OPS or not parts[2].isdigit() or int(parts[2]) < 1:
         raise argparse.ArgumentTypeError(f"unknown case {text!r}: expected config/op/batch, e.g. medium/forward/1 "
-                                         f"(configs {', '.join(CONFIGS)}; ops {', '.join(OPS)})")
+                                         f"(configs {', '.join(ALL_CONFIGS)}; ops {', '.join(OPS)})")
     return parts[0], parts[1], int(parts[2])
 
 
@@ -136,7 +138,7 @@ def main():
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", nargs="+", type=parse_case,
-                        default=[parse_case(f"{c}/forward/1") for c in CONFIGS], help="config/op/batch")
+                        default=[parse_case(f"{c}/forward/1") for c in ALL_CONFIGS], help="config/op/batch")
     parser.add_argument("--workers", type=int, default=usable_cpus(), help="processes and threads (default: CPUs)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--duration", type=float, default=0.4, help="seconds each run counts calls")
