@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "backend/fork_gate.hpp"
 #include "backend/row_product.hpp"
 
 namespace kortexdl::backend {
@@ -18,6 +19,7 @@ void sgemm(bool transpose_a, bool transpose_b, std::size_t m, std::size_t n, std
       row_times_matrix(transpose_b, n, k, alpha, a, b, ldb, beta, c)) {
     return;
   }
+  const LibraryCall inside;  // fork_gate.hpp: a fork waits for it to end
   library_sgemm(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
