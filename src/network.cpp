@@ -170,6 +170,9 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   const detail::TargetRows rows = detail::check_targets(targets, loss, batch_size, s.arch.outputs());
   detail::check_finite(inputs, "inputs");
 
+  // Before the step gate and the combiner, which a forked child could find
+  // held by threads it does not have (parallel/fork_safety.hpp).
+  s.guard.refuse_if_forked_mid_write(operation);
   const double work = s.arch.training_work(batch_size);
   // Locked, large steps run at most one per CPU at a time, the others asleep
   // in line (parallel/step_gate.hpp); admitted before the call counts as in

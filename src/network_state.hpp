@@ -9,6 +9,7 @@
 #include "kortexdl/network.hpp"
 #include "parallel/access_guard.hpp"
 #include "parallel/affinity.hpp"
+#include "parallel/fork_safety.hpp"
 #include "parallel/step_combiner.hpp"
 #include "parallel/step_gate.hpp"
 
@@ -29,6 +30,7 @@ class NetworkState {
   StepGate gate{allowed_cpu_count()};  // locked large training steps (parallel/step_gate.hpp)
   std::atomic<std::uint64_t> version{0};
   Network::UpdateObserver observer;  // read and written under write access
+  ForkRegistration fork_registration{this};  // last: registered once whole
 
   // Call with write access held: bumps the version and tells the observer.
   void published_write() {

@@ -73,9 +73,21 @@ void unlock_and_leave(pthread_rwlock_t* lock) {
   contenders.fetch_sub(1, std::memory_order_relaxed);
 }
 
+// Guards the calling thread holds (reads and writes, any network).
+thread_local unsigned held_here = 0;
+
+[[noreturn]] void refuse_forked_mid_write(const char* operation) {
+  throw ConcurrencyError(std::string(operation) +
+                         ": this process was forked while another thread was changing this network's "
+                         "parameters, so in this child they may be partly updated; load the network again "
+                         "(or copy it before forking). Nothing was changed by this call.");
+}
+
 }  // namespace
 
-AccessGuard::AccessGuard() {
+AccessGuard::AccessGuard() { init_lock(); }
+
+void AccessGuard::init_lock() {
   pthread_rwlockattr_t attr;
   check(pthread_rwlockattr_init(&attr), "attribute init");
   // glibc's default lets a steady stream of readers starve writers forever.
@@ -86,8 +98,29 @@ AccessGuard::AccessGuard() {
 
 AccessGuard::~AccessGuard() { pthread_rwlock_destroy(&lock_); }
 
+bool this_thread_holds_a_network() { return held_here != 0; }
+
+void AccessGuard::refuse_if_forked_mid_write(const char* operation) const {
+  if (forked_mid_write_.load(std::memory_order_relaxed)) refuse_forked_mid_write(operation);
+}
+
+void AccessGuard::after_fork_in_child(bool steps_in_flight) {
+  if (steps_in_flight || (state_.load(std::memory_order_relaxed) & kWriter) != 0) {
+    forked_mid_write_.store(true, std::memory_order_relaxed);
+    return;
+  }
+  // Only other threads' reads held it, and those threads are gone.
+  state_.store(0, std::memory_order_relaxed);
+  try {
+    init_lock();
+  } catch (...) {
+    forked_mid_write_.store(true, std::memory_order_relaxed);
+  }
+}
+
 AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
+  guard_.refuse_if_forked_mid_write(operation);
   if (locked_) enter(&guard_.lock_, pthread_rwlock_tryrdlock, pthread_rwlock_rdlock, "read lock");
   const std::uint64_t before = guard_.state_.fetch_add(1, std::memory_order_acquire);
   if ((before & kWriter) != 0) {
@@ -95,15 +128,18 @@ AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     if (locked_) unlock_and_leave(&guard_.lock_);
     refuse(operation);
   }
+  ++held_here;
 }
 
 AccessGuard::Read::~Read() {
+  --held_here;
   guard_.state_.fetch_sub(1, std::memory_order_release);
   if (locked_) unlock_and_leave(&guard_.lock_);
 }
 
 AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
+  guard_.refuse_if_forked_mid_write(operation);
   if (locked_) enter(&guard_.lock_, pthread_rwlock_trywrlock, pthread_rwlock_wrlock, "write lock");
   std::uint64_t expected = 0;
   if (!guard_.state_.compare_exchange_strong(expected, kWriter, std::memory_order_acquire,
@@ -111,9 +147,11 @@ AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     if (locked_) unlock_and_leave(&guard_.lock_);
     refuse(operation);
   }
+  ++held_here;
 }
 
 AccessGuard::Write::~Write() {
+  --held_here;
   guard_.state_.fetch_and(~kWriter, std::memory_order_release);
   if (locked_) unlock_and_leave(&guard_.lock_);
 }

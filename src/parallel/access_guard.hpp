@@ -26,6 +26,15 @@ class AccessGuard {
   void set_locking(bool enabled) { locking_.store(enabled, std::memory_order_release); }
   bool locking() const { return locking_.load(std::memory_order_acquire); }
 
+  // Throws ConcurrencyError if the process forked while another thread was
+  // writing through this guard (fork_safety.hpp): for calls that queue
+  // before they take the guard (combined and gated training steps).
+  void refuse_if_forked_mid_write(const char* operation) const;
+  // In a forked child (fork_safety.hpp), with no other thread left: drops
+  // the holds of the parent's other threads if they were only reading and
+  // `steps_in_flight` is false, else refuses every later call.
+  void after_fork_in_child(bool steps_in_flight);
+
   class Read {
    public:
     // operation names the public method, for the error message.
@@ -53,9 +62,15 @@ class AccessGuard {
 
  private:
   static constexpr std::uint64_t kWriter = std::uint64_t{1} << 63;
+  void init_lock();
   pthread_rwlock_t lock_;
   std::atomic<std::uint64_t> state_{0};
   std::atomic<bool> locking_{false};
+  std::atomic<bool> forked_mid_write_{false};
 };
+
+// Whether the calling thread is inside a call on some network (holds an
+// AccessGuard::Read or Write).
+bool this_thread_holds_a_network();
 
 }  // namespace kortexdl::detail

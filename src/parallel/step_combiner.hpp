@@ -88,6 +88,11 @@ class StepCombiner {
     return request.result;
   }
 
+  // Whether no step is queued or being combined. Reads the state without
+  // the mutex: only for a forked child, where no other thread is left
+  // (fork_safety.hpp).
+  bool idle_in_forked_child() const { return !combining_ && head_ == nullptr; }
+
   // Steps run for other threads since creation (diagnostics and tests).
   std::size_t steps_run_for_others() const { return run_for_others_.load(std::memory_order_relaxed); }
 

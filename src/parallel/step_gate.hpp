@@ -84,6 +84,11 @@ class StepGate {
     StepGate& gate_;
   };
 
+  // Whether no step holds or waits for a slot. Reads the state without the
+  // mutex: only for a forked child, where no other thread is left
+  // (fork_safety.hpp).
+  bool idle_in_forked_child() const { return admitted_ == 0 && head_ == nullptr; }
+
   // Diagnostics and tests.
   std::size_t slots() const { return slots_; }
   std::size_t admitted() const;

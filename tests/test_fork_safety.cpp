@@ -1,0 +1,120 @@
+// Networks in a child forked while other threads used them
+// (src/parallel/fork_safety.hpp).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kortexdl/kortexdl.hpp"
+#include "parallel/fork_safety.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+using kortexdl::LossType;
+
+// Forks; the child runs `body` (its exit status) under a 20 s alarm.
+template <class Body>
+int status_of_child(Body body) {
+  const pid_t child = fork();
+  if (child == 0) {
+    alarm(20);  // a hang ends the child with SIGALRM
+    _exit(body());
+  }
+  int status = 0;
+  if (child < 0 || waitpid(child, &status, 0) != child) return -1;
+  return status;
+}
+
+TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
+  if (kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
+  ASSERT_TRUE(kortexdl::detail::network_fork_handler_installed());
+  kortexdl::set_num_threads(1);
+  kortexdl::NetworkConfig config;
+  config.seed = 5;
+  kortexdl::Network net({64, 32, 4}, config);
+  net.enable_thread_safety(true);
+  const std::vector<float> x = kortex_test::normal_floats(8 * 64, 6);
+  const std::vector<float> t = kortex_test::normal_floats(8 * 4, 7);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 4; ++r) {
+    readers.emplace_back([&] {
+      std::vector<float> out(8 * 4);
+      while (!stop.load(std::memory_order_relaxed)) net.forward(x, 8, out);
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  int hung = 0, failed = 0;
+  for (int i = 0; i < 20 && hung == 0; ++i) {
+    const int status = status_of_child([&] {
+      const float loss = net.train_batch(x, t, LossType::MSE, 0.01f, 8);  // a write: needs the lock alone
+      return std::isfinite(loss) && net.forward(x, 8).size() == 8 * 4 ? 0 : 3;
+    });
+    if (WIFSIGNALED(status)) ++hung;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+  }
+  stop = true;
+  for (auto& r : readers) r.join();
+  kortexdl::set_num_threads(0);
+  EXPECT_EQ(hung, 0) << "children hung on a lock the parent's reading threads held";
+  EXPECT_EQ(failed, 0);
+}
+
+TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
+  if (kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
+  kortexdl::NetworkConfig config;
+  config.seed = 8;
+  kortexdl::Network net({16, 8, 2}, config);
+  net.enable_thread_safety(true);
+  const std::vector<float> x = kortex_test::normal_floats(4 * 16, 9);
+  const std::vector<float> t = kortex_test::normal_floats(4 * 2, 10);
+  // The observer runs inside the write: it holds the writer there until the
+  // fork is over.
+  std::atomic<bool> writing{false}, release{false};
+  net.set_update_observer([&](std::span<const float>, std::uint64_t) {
+    writing = true;
+    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  std::thread writer([&] { net.train_batch(x, t, LossType::MSE, 0.01f, 4); });
+  while (!writing.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int status = status_of_child([&] {
+    int refused = 0;
+    for (int call = 0; call < 2; ++call) {
+      try {
+        if (call == 0) net.train_batch(x, t, LossType::MSE, 0.01f, 4);
+        else (void)net.forward(x, 4);
+      } catch (const kortexdl::ConcurrencyError& e) {
+        if (std::string(e.what()).find("forked") != std::string::npos) ++refused;
+      }
+    }
+    return refused == 2 ? 0 : 3;
+  });
+  release = true;
+  writer.join();
+  ASSERT_TRUE(WIFEXITED(status)) << "the child hung or crashed (signal " << WTERMSIG(status) << ")";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child did not refuse both calls with a ConcurrencyError about the fork";
+  net.set_update_observer(nullptr);
+  EXPECT_NO_THROW(net.train_batch(x, t, LossType::MSE, 0.01f, 4));  // the parent's network is untouched
+}
+
+}  // namespace
