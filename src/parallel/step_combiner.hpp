@@ -88,10 +88,13 @@ class StepCombiner {
     return request.result;
   }
 
-  // Whether no step is queued or being combined. Reads the state without
-  // the mutex: only for a forked child, where no other thread is left
-  // (fork_safety.hpp).
-  bool idle_in_forked_child() const { return !combining_ && head_ == nullptr; }
+  // For a forked child (fork_safety.hpp): whether no step is queued or
+  // being combined. A mutex a parent thread held at the fork stays locked
+  // here, and counts as busy.
+  bool idle_in_forked_child() {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    return lock.owns_lock() && !combining_ && head_ == nullptr;
+  }
 
   // Steps run for other threads since creation (diagnostics and tests).
   std::size_t steps_run_for_others() const { return run_for_others_.load(std::memory_order_relaxed); }

@@ -84,10 +84,13 @@ class StepGate {
     StepGate& gate_;
   };
 
-  // Whether no step holds or waits for a slot. Reads the state without the
-  // mutex: only for a forked child, where no other thread is left
-  // (fork_safety.hpp).
-  bool idle_in_forked_child() const { return admitted_ == 0 && head_ == nullptr; }
+  // For a forked child (fork_safety.hpp): whether no step holds or waits
+  // for a slot. A mutex a parent thread held at the fork stays locked here,
+  // and counts as busy.
+  bool idle_in_forked_child() {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    return lock.owns_lock() && admitted_ == 0 && head_ == nullptr;
+  }
 
   // Diagnostics and tests.
   std::size_t slots() const { return slots_; }
