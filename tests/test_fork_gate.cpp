@@ -16,18 +16,6 @@
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
-
 using kortexdl::backend::library_calls_inside;
 using kortexdl::backend::LibraryCall;
 
@@ -51,7 +39,7 @@ TEST(LibraryForkGate, IsInstalledAndCountsTheCallsInside) {
 // mutex waited forever in its first GEMM: with eight threads computing,
 // about one fork in a few dozen on two cores.
 TEST(LibraryForkGate, ChildrenForkedWhileThreadsRunGemmsCompute) {
-  if (kSanitized) {
+  if (kortex_test::kSanitized) {
     GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
   }
   kortexdl::set_num_threads(1);

@@ -18,18 +18,6 @@
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
-
 using kortexdl::LossType;
 
 // Forks; the child runs `body` (its exit status) under a 20 s alarm.
@@ -46,7 +34,7 @@ int status_of_child(Body body) {
 }
 
 TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
-  if (kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
+  if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
   ASSERT_TRUE(kortexdl::detail::network_fork_handler_installed());
   kortexdl::set_num_threads(1);
   kortexdl::NetworkConfig config;
@@ -81,7 +69,7 @@ TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
 }
 
 TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
-  if (kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
+  if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
   kortexdl::NetworkConfig config;
   config.seed = 8;
   kortexdl::Network net({16, 8, 2}, config);

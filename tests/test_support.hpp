@@ -18,6 +18,21 @@
 
 namespace kortex_test {
 
+// Built with AddressSanitizer or ThreadSanitizer (GCC and clang spell it
+// differently). Their runtimes are not fork-safe while other threads
+// allocate, so the tests that fork beside computing threads skip there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // Failures collected on worker threads, reported from the main thread (a
 // gtest assertion on another thread cannot stop the test).
 class Failures {
