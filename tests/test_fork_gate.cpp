@@ -1,11 +1,10 @@
 // fork() while other threads are inside the library's GEMM
 // (src/backend/fork_gate.hpp).
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,18 +59,14 @@ TEST(LibraryForkGate, ChildrenForkedWhileThreadsRunGemmsCompute) {
   }
   int hung = 0, wrong = 0;
   for (int i = 0; i < 200 && hung == 0; ++i) {
-    const pid_t child = fork();
-    ASSERT_GE(child, 0);
-    if (child == 0) {
-      alarm(20);  // a hang ends the child with SIGALRM
+    const std::optional<int> status = kortex_test::status_of_forked_child(20, [&] {
       bool same = true;
       for (int k = 0; k < 5; ++k) same = same && net.forward(x, batch) == expected;
-      _exit(same ? 0 : 3);
-    }
-    int status = 0;
-    ASSERT_EQ(waitpid(child, &status, 0), child);
-    if (WIFSIGNALED(status)) ++hung;
-    if (WIFEXITED(status) && WEXITSTATUS(status) != 0) ++wrong;
+      return same ? 0 : 3;
+    });
+    ASSERT_TRUE(status) << "fork or waitpid failed";
+    if (WIFSIGNALED(*status)) ++hung;
+    if (WIFEXITED(*status) && WEXITSTATUS(*status) != 0) ++wrong;
   }
   stop = true;
   for (auto& t : threads) t.join();

@@ -1,13 +1,12 @@
 // Networks in a child forked while other threads used them
 // (src/parallel/fork_safety.hpp).
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,19 +18,6 @@
 namespace {
 
 using kortexdl::LossType;
-
-// Forks; the child runs `body` (its exit status) under a 20 s alarm.
-template <class Body>
-int status_of_child(Body body) {
-  const pid_t child = fork();
-  if (child == 0) {
-    alarm(20);  // a hang ends the child with SIGALRM
-    _exit(body());
-  }
-  int status = 0;
-  if (child < 0 || waitpid(child, &status, 0) != child) return -1;
-  return status;
-}
 
 TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
   if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
@@ -54,12 +40,13 @@ TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   int hung = 0, failed = 0;
   for (int i = 0; i < 20 && hung == 0; ++i) {
-    const int status = status_of_child([&] {
+    const std::optional<int> status = kortex_test::status_of_forked_child(20, [&] {
       const float loss = net.train_batch(x, t, LossType::MSE, 0.01f, 8);  // a write: needs the lock alone
       return std::isfinite(loss) && net.forward(x, 8).size() == 8 * 4 ? 0 : 3;
     });
-    if (WIFSIGNALED(status)) ++hung;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failed;
+    ASSERT_TRUE(status) << "fork or waitpid failed";
+    if (WIFSIGNALED(*status)) ++hung;
+    if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0) ++failed;
   }
   stop = true;
   for (auto& r : readers) r.join();
@@ -85,7 +72,7 @@ TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
   });
   std::thread writer([&] { net.train_batch(x, t, LossType::MSE, 0.01f, 4); });
   while (!writing.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  const int status = status_of_child([&] {
+  const std::optional<int> status = kortex_test::status_of_forked_child(20, [&] {
     int refused = 0;
     for (int call = 0; call < 2; ++call) {
       try {
@@ -99,8 +86,9 @@ TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
   });
   release = true;
   writer.join();
-  ASSERT_TRUE(WIFEXITED(status)) << "the child hung or crashed (signal " << WTERMSIG(status) << ")";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child did not refuse both calls with a ConcurrencyError about the fork";
+  ASSERT_TRUE(status) << "fork or waitpid failed";
+  ASSERT_TRUE(WIFEXITED(*status)) << "the child hung or crashed (signal " << WTERMSIG(*status) << ")";
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << "the child did not refuse both calls with a ConcurrencyError about the fork";
   net.set_update_observer(nullptr);
   EXPECT_NO_THROW(net.train_batch(x, t, LossType::MSE, 0.01f, 4));  // the parent's network is untouched
 }

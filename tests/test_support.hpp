@@ -1,6 +1,8 @@
 #pragma once
 // Small helpers shared by the test files (header-only, test code only).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -9,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -32,6 +35,21 @@ inline constexpr bool kSanitized = false;
 #else
 inline constexpr bool kSanitized = false;
 #endif
+
+// Forks; the child runs `body` under an alarm of `seconds` (so a hang ends
+// it with SIGALRM instead of hanging the suite) and exits with what it
+// returns. The child's wait status, or nothing if fork or waitpid failed.
+template <class Body>
+std::optional<int> status_of_forked_child(unsigned seconds, Body body) {
+  const pid_t child = fork();
+  if (child == 0) {
+    alarm(seconds);
+    _exit(body());
+  }
+  int status = 0;
+  if (child < 0 || waitpid(child, &status, 0) != child) return std::nullopt;
+  return status;
+}
 
 // Failures collected on worker threads, reported from the main thread (a
 // gtest assertion on another thread cannot stop the test).

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -209,18 +210,14 @@ TEST(ThreadBudget, ForkedChildOfATeamOwnerComputesInsteadOfHanging) {
   const std::vector<float> t = kortex_test::normal_floats(batch * 10, 13);
   net.train_batch(x, t, LossType::MSE, 0.01f, batch);
   ASSERT_TRUE(kortexdl::detail::owns_intra_op_team()) << "this thread never opened a team; the test proves nothing";
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    alarm(60);  // a hang ends the child with SIGALRM instead of the suite
+  const std::optional<int> status = kortex_test::status_of_forked_child(60, [&] {
     const float loss = net.train_batch(x, t, LossType::MSE, 0.01f, batch);
     const std::vector<float> out = net.forward(x, batch);
-    _exit(std::isfinite(loss) && out.size() == batch * 10 ? 0 : 3);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << "the child was killed by signal " << WTERMSIG(status) << " (14: it hung)";
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+    return std::isfinite(loss) && out.size() == batch * 10 ? 0 : 3;
+  });
+  ASSERT_TRUE(status) << "fork or waitpid failed";
+  ASSERT_TRUE(WIFEXITED(*status)) << "the child was killed by signal " << WTERMSIG(*status) << " (14: it hung)";
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
   // The parent keeps its team.
   net.train_batch(x, t, LossType::MSE, 0.01f, batch);
   EXPECT_TRUE(kortexdl::detail::owns_intra_op_team());
