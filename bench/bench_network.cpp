@@ -15,6 +15,10 @@
 //                                      dX = delta*W^T for every layer but the first
 //   sgemm/<TT>/<M>x<N>x<K>/<mode>      one raw dnnl_sgemm (the per-layer forward
 //                                      shapes, 1000x256x784 and 1024^3)
+// and, one core per call, from 1-16 threads (items_per_second = calls of all):
+//   shared/train/<cfg>/<batch>         train_batch on one shared network
+//   shared/forward/<cfg>/<batch>       forward on one shared network
+//   own/forward/<cfg>/<batch>          forward on a network per thread
 //
 // Counters (in the console and the JSON):
 //   GFLOP/s  flop per iteration / real time. A net row and its ceil row count
@@ -264,6 +268,34 @@ void BM_SharedTrain(benchmark::State& state, const Config* cfg, std::size_t batc
   if (state.thread_index() == 0) kortexdl::set_num_threads(0);
 }
 
+// Threads serving forward calls, one core per call, thread safety on: on one
+// shared network (the shape of many Python threads calling forward on one
+// model) or on a network each (the same work with nothing shared but the
+// library). The two side by side tell what sharing a network costs.
+void forward_from_threads(benchmark::State& state, kortexdl::Network& net, const Config& cfg, std::size_t batch) {
+  if (state.thread_index() == 0) kortexdl::set_num_threads(1);
+  const auto inputs = random_floats(batch * cfg.sizes.front(), 1 + static_cast<unsigned>(state.thread_index()));
+  std::vector<float> outputs(batch * cfg.sizes.back());
+  for (int i = 0; i < 3; ++i) net.forward(inputs, batch, outputs);
+  for (auto _ : state) {
+    net.forward(inputs, batch, outputs);
+    benchmark::DoNotOptimize(outputs.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations());
+  if (state.thread_index() == 0) kortexdl::set_num_threads(0);
+}
+
+void BM_SharedForward(benchmark::State& state, const Config* cfg, std::size_t batch) {
+  forward_from_threads(state, shared_network(*cfg, batch), *cfg, batch);
+}
+
+void BM_OwnForward(benchmark::State& state, const Config* cfg, std::size_t batch) {
+  kortexdl::Network net = make_network(*cfg);
+  net.enable_thread_safety(true);
+  forward_from_threads(state, net, *cfg, batch);
+}
+
 // ---- the ceiling: the step's GEMMs, back to back, on aligned buffers -------
 
 struct GemmPlan {
@@ -390,6 +422,23 @@ void register_all() {
           ->UseRealTime()
           ->MinTime(4 * kMinTime)
           ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  for (const Config& cfg : configs()) {
+    for (std::size_t batch : {std::size_t{1}, std::size_t{32}}) {
+      const std::string tail = "/" + std::string(cfg.name) + "/" + std::to_string(batch);
+      using Bench = void (*)(benchmark::State&, const Config*, std::size_t);
+      for (const auto& [kind, fn] : {std::pair<const char*, Bench>{"shared", BM_SharedForward},
+                                     std::pair<const char*, Bench>{"own", BM_OwnForward}}) {
+        std::string name = kind;
+        name.append("/forward").append(tail);
+        benchmark::RegisterBenchmark(name.c_str(), fn, &cfg, batch)
+            ->Threads(1)
+            ->Threads(2)
+            ->UseRealTime()
+            ->MinTime(4 * kMinTime)
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
   }
   // Raw dnnl_sgemm: every layer's forward shape at every batch (duplicates
