@@ -11,7 +11,7 @@
 // registered when the library loads).
 //
 // Entering costs one uncontended atomic add: each thread counts itself in a
-// cache line of its own (threads beyond the slots share them).
+// cache line of its own (parallel/sharded_count.hpp).
 #include <cstddef>
 
 namespace kortexdl::backend {
@@ -22,9 +22,6 @@ class LibraryCall {
   ~LibraryCall();
   LibraryCall(const LibraryCall&) = delete;
   LibraryCall& operator=(const LibraryCall&) = delete;
-
- private:
-  std::size_t slot_;
 };
 
 // Whether the fork handler is installed (tests).

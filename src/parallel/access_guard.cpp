@@ -9,7 +9,9 @@
 #endif
 
 #include "kortexdl/error.hpp"
+#include "kortexdl/threading.hpp"
 #include "parallel/affinity.hpp"
+#include "parallel/cache_line.hpp"
 
 namespace kortexdl::detail {
 
@@ -35,20 +37,32 @@ void check(int rc, const char* what) {
 // CPU from the thread that holds the lock, so they sleep at once.
 constexpr auto kLockSpin = std::chrono::microseconds(200);
 
-// Threads inside or waiting for some parameter lock, process-wide.
-std::atomic<int> contenders{0};
+// Threads waiting for some parameter lock, or holding one they had to wait
+// for, process-wide. A lock taken at the first try is not counted: that is
+// nearly every read, and two changes per call to a line that every calling
+// thread writes cost each small call two cache misses once several threads
+// call (docs/CONCURRENCY.md, "Per-call shared writes"). Whoever a waiter
+// waits for holds the lock and needs a CPU too, hence the + 1 below; holders
+// that took it at once (readers a writer waits for) compute, so they are
+// among the calls in flight.
+OwnCacheLine<std::atomic<int>> contenders_line;
+std::atomic<int>& contenders = contenders_line.value;
+
+bool more_threads_than_cpus() {
+  const auto cpus = allowed_cpu_count();
+  return static_cast<std::size_t>(contenders.load(std::memory_order_relaxed)) + 1 > cpus ||
+         calls_in_flight() > cpus;
+}
 
 template <class TryLock>
 bool acquired_by_spinning(TryLock try_lock) {
-  if (try_lock() == 0) return true;
   const auto until = std::chrono::steady_clock::now() + kLockSpin;
   for (unsigned i = 1;; ++i) {
 #if defined(__x86_64__) || defined(__i386__)
     _mm_pause();
 #endif
     if (try_lock() == 0) return true;
-    if (i % 16 == 0 && (contenders.load(std::memory_order_relaxed) > static_cast<int>(allowed_cpu_count()) ||
-                        std::chrono::steady_clock::now() > until)) {
+    if (i % 16 == 0 && (more_threads_than_cpus() || std::chrono::steady_clock::now() > until)) {
       return false;
     }
   }
@@ -56,21 +70,24 @@ bool acquired_by_spinning(TryLock try_lock) {
 
 using LockFunction = int (*)(pthread_rwlock_t*);
 
-// Takes the lock (shared or exclusive, by the pair of functions given),
-// counted as a contender until unlock_and_leave.
-void enter(pthread_rwlock_t* lock, LockFunction try_lock, LockFunction block, const char* what) {
+// Takes the lock (shared or exclusive, by the pair of functions given).
+// Returns whether the thread had to wait for it, and so counts among the
+// contenders until unlock_and_leave.
+bool enter(pthread_rwlock_t* lock, LockFunction try_lock, LockFunction block, const char* what) {
+  if (try_lock(lock) == 0) return false;
   contenders.fetch_add(1, std::memory_order_relaxed);
-  if (acquired_by_spinning([&] { return try_lock(lock); })) return;
+  if (acquired_by_spinning([&] { return try_lock(lock); })) return true;
   const int rc = block(lock);
   if (rc != 0) {
     contenders.fetch_sub(1, std::memory_order_relaxed);
     check(rc, what);
   }
+  return true;
 }
 
-void unlock_and_leave(pthread_rwlock_t* lock) {
+void unlock_and_leave(pthread_rwlock_t* lock, bool waited) {
   pthread_rwlock_unlock(lock);
-  contenders.fetch_sub(1, std::memory_order_relaxed);
+  if (waited) contenders.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // Guards the calling thread holds (reads and writes, any network).
@@ -100,6 +117,8 @@ AccessGuard::~AccessGuard() { pthread_rwlock_destroy(&lock_); }
 
 bool this_thread_holds_a_network() { return held_here != 0; }
 
+int parameter_lock_contenders() { return contenders.load(std::memory_order_relaxed); }
+
 void AccessGuard::refuse_if_forked_mid_write(const char* operation) const {
   if (forked_mid_write_.load(std::memory_order_relaxed)) refuse_forked_mid_write(operation);
 }
@@ -121,11 +140,11 @@ void AccessGuard::after_fork_in_child(bool steps_in_flight) {
 AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
   guard_.refuse_if_forked_mid_write(operation);
-  if (locked_) enter(&guard_.lock_, pthread_rwlock_tryrdlock, pthread_rwlock_rdlock, "read lock");
+  if (locked_) waited_ = enter(&guard_.lock_, pthread_rwlock_tryrdlock, pthread_rwlock_rdlock, "read lock");
   const std::uint64_t before = guard_.state_.fetch_add(1, std::memory_order_acquire);
   if ((before & kWriter) != 0) {
     guard_.state_.fetch_sub(1, std::memory_order_release);
-    if (locked_) unlock_and_leave(&guard_.lock_);
+    if (locked_) unlock_and_leave(&guard_.lock_, waited_);
     refuse(operation);
   }
   ++held_here;
@@ -134,17 +153,17 @@ AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
 AccessGuard::Read::~Read() {
   --held_here;
   guard_.state_.fetch_sub(1, std::memory_order_release);
-  if (locked_) unlock_and_leave(&guard_.lock_);
+  if (locked_) unlock_and_leave(&guard_.lock_, waited_);
 }
 
 AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     : guard_(guard), locked_(lock) {
   guard_.refuse_if_forked_mid_write(operation);
-  if (locked_) enter(&guard_.lock_, pthread_rwlock_trywrlock, pthread_rwlock_wrlock, "write lock");
+  if (locked_) waited_ = enter(&guard_.lock_, pthread_rwlock_trywrlock, pthread_rwlock_wrlock, "write lock");
   std::uint64_t expected = 0;
   if (!guard_.state_.compare_exchange_strong(expected, kWriter, std::memory_order_acquire,
                                              std::memory_order_relaxed)) {
-    if (locked_) unlock_and_leave(&guard_.lock_);
+    if (locked_) unlock_and_leave(&guard_.lock_, waited_);
     refuse(operation);
   }
   ++held_here;
@@ -153,7 +172,7 @@ AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
 AccessGuard::Write::~Write() {
   --held_here;
   guard_.state_.fetch_and(~kWriter, std::memory_order_release);
-  if (locked_) unlock_and_leave(&guard_.lock_);
+  if (locked_) unlock_and_leave(&guard_.lock_, waited_);
 }
 
 }  // namespace kortexdl::detail

@@ -46,6 +46,7 @@ class AccessGuard {
    private:
     AccessGuard& guard_;
     bool locked_;
+    bool waited_ = false;  // counted among the lock's contenders (access_guard.cpp)
   };
 
   class Write {
@@ -58,6 +59,7 @@ class AccessGuard {
    private:
     AccessGuard& guard_;
     bool locked_;
+    bool waited_ = false;  // counted among the lock's contenders (access_guard.cpp)
   };
 
  private:
@@ -72,5 +74,9 @@ class AccessGuard {
 // Whether the calling thread is inside a call on some network (holds an
 // AccessGuard::Read or Write).
 bool this_thread_holds_a_network();
+
+// Threads waiting for a parameter lock, or holding one they had to wait for,
+// process-wide (the spin-or-sleep rule in access_guard.cpp; tests).
+int parameter_lock_contenders();
 
 }  // namespace kortexdl::detail

@@ -11,7 +11,9 @@
 
 #include "kortexdl/error.hpp"
 #include "kortexdl/threading.hpp"
+#include "parallel/cache_line.hpp"
 #include "parallel/machine_load.hpp"
+#include "parallel/sharded_count.hpp"
 
 namespace kortexdl {
 namespace {
@@ -58,8 +60,11 @@ std::atomic<bool>& budget_chosen() {
   return value;
 }
 
-std::atomic<std::size_t> in_flight{0};
-std::atomic<std::size_t> parked{0};  // of in_flight
+// Changed by every call; read by calls that could use more than one thread
+// (share_for) and by the GIL hand-off and step combiner.
+detail::ShardedCount in_flight;
+// Of in_flight; changed only by training steps that wait for another's work.
+detail::OwnCacheLine<std::atomic<std::size_t>> parked;
 
 // libgomp gives every thread that opens a parallel region a pool of worker
 // threads of its own, kept until that thread exits. Once the pools together
@@ -133,17 +138,18 @@ void set_num_threads(std::size_t n) {
 
 std::size_t get_num_threads() { return budget().load(); }
 
-std::size_t calls_in_flight() { return in_flight.load(); }
+std::size_t calls_in_flight() { return in_flight.sum(); }
 
 namespace detail {
 
 std::size_t share_for(double flops) {
+  const auto useful = static_cast<std::size_t>(std::max(1.0, flops / kMinFlopsPerExtraThread));
+  if (useful == 1) return 1;  // without summing the calls in flight: most calls are small
   const std::size_t total = budget().load(std::memory_order_relaxed);
-  const std::size_t calls = in_flight.load(std::memory_order_relaxed);
-  const std::size_t waiting = parked.load(std::memory_order_relaxed);
+  const std::size_t calls = in_flight.sum();
+  const std::size_t waiting = parked.value.load(std::memory_order_relaxed);
   const std::size_t callers = calls > waiting ? calls - waiting : 1;
   const std::size_t share = std::max<std::size_t>(1, total / callers);
-  const auto useful = static_cast<std::size_t>(std::max(1.0, flops / kMinFlopsPerExtraThread));
   return std::min(share, useful);
 }
 
@@ -172,18 +178,18 @@ TeamScope::~TeamScope() {
 
 ComputeScope::ComputeScope(double flops) {
   ensure_alternate_signal_stack();
-  in_flight.fetch_add(1, std::memory_order_relaxed);
+  in_flight.increment();
   team_.emplace(team_size_for(flops));
 }
 
 ComputeScope::~ComputeScope() {
   team_.reset();
-  in_flight.fetch_sub(1, std::memory_order_relaxed);
+  in_flight.decrement();
 }
 
-ParkedCall::ParkedCall() { parked.fetch_add(1, std::memory_order_relaxed); }
+ParkedCall::ParkedCall() { parked.value.fetch_add(1, std::memory_order_relaxed); }
 
-ParkedCall::~ParkedCall() { parked.fetch_sub(1, std::memory_order_relaxed); }
+ParkedCall::~ParkedCall() { parked.value.fetch_sub(1, std::memory_order_relaxed); }
 
 }  // namespace detail
 }  // namespace kortexdl
