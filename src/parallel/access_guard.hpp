@@ -14,9 +14,14 @@
 #include <atomic>
 #include <cstdint>
 
+#include "parallel/cache_line.hpp"
+
 namespace kortexdl::detail {
 
-class AccessGuard {
+// Aligned so that the lock and the reader count, which every locked call
+// changes, share one cache line with nothing else, and the flags every call
+// only reads sit on the next.
+class alignas(kCacheLineBytes) AccessGuard {
  public:
   AccessGuard();
   ~AccessGuard();
@@ -67,7 +72,7 @@ class AccessGuard {
   void init_lock();
   pthread_rwlock_t lock_;
   std::atomic<std::uint64_t> state_{0};
-  std::atomic<bool> locking_{false};
+  alignas(kCacheLineBytes) std::atomic<bool> locking_{false};
   std::atomic<bool> forked_mid_write_{false};
 };
 
