@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "kortexdl/kortexdl.hpp"
+#include "parallel/access_guard.hpp"
 #include "parallel/fork_safety.hpp"
+#include "parallel/thread_budget.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -91,6 +93,66 @@ TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
   EXPECT_EQ(WEXITSTATUS(*status), 0) << "the child did not refuse both calls with a ConcurrencyError about the fork";
   net.set_update_observer(nullptr);
   EXPECT_NO_THROW(net.train_batch(x, t, LossType::MSE, 0.01f, 4));  // the parent's network is untouched
+}
+
+// The parent's other threads' calls in flight and lock waits are not the
+// child's: left counted, they would shrink the child's teams for good.
+TEST(ForkSafety, ChildCountsOnlyItsOwnCallsAndLockWaits) {
+  if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
+  kortex_test::ThreadBudget budget(4);
+  kortexdl::NetworkConfig config;
+  config.seed = 11;
+  kortexdl::Network net({16, 8, 2}, config);
+  net.enable_thread_safety(true);
+  const std::vector<float> x = kortex_test::normal_floats(4 * 16, 12);
+  const std::vector<float> t = kortex_test::normal_floats(4 * 2, 13);
+  std::atomic<bool> writing{false}, release{false};
+  net.set_update_observer([&](std::span<const float>, std::uint64_t) {
+    writing = true;
+    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  std::thread writer([&] { net.train_batch(x, t, LossType::MSE, 0.01f, 4); });  // in flight, holds the lock
+  while (!writing.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::thread reader([&] { (void)net.forward(x, 4); });  // waits for the lock
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (kortexdl::detail::parameter_lock_contenders() != 1 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const std::size_t parent_in_flight = kortexdl::calls_in_flight();
+  const int parent_contenders = kortexdl::detail::parameter_lock_contenders();
+  const std::optional<int> status = kortex_test::status_of_forked_child(20, [] {
+    if (kortexdl::calls_in_flight() != 0) return 3;
+    if (kortexdl::detail::parameter_lock_contenders() != 0) return 4;
+    if (kortexdl::detail::share_for(1e12) != 4) return 5;
+    return 0;
+  });
+  release = true;
+  writer.join();
+  reader.join();
+  net.set_update_observer(nullptr);
+  EXPECT_EQ(parent_in_flight, 1u);
+  EXPECT_EQ(parent_contenders, 1);
+  ASSERT_TRUE(status) << "fork or waitpid failed";
+  ASSERT_TRUE(WIFEXITED(*status)) << "the child hung or crashed (signal " << WTERMSIG(*status) << ")";
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << "3: the parent's calls in flight, 4: its lock waiters, 5: a smaller share";
+  EXPECT_EQ(kortexdl::calls_in_flight(), 0u);
+  EXPECT_EQ(kortexdl::detail::parameter_lock_contenders(), 0);
+}
+
+// A fork from inside a call (an update observer) keeps that call counted.
+TEST(ForkSafety, ChildForkedInsideACallCountsThatCall) {
+  kortexdl::Network net({16, 8, 2});
+  const std::vector<float> x = kortex_test::normal_floats(4 * 16, 14);
+  const std::vector<float> t = kortex_test::normal_floats(4 * 2, 15);
+  std::optional<int> status;
+  net.set_update_observer([&](std::span<const float>, std::uint64_t) {
+    status = kortex_test::status_of_forked_child(20, [] { return kortexdl::calls_in_flight() == 1 ? 0 : 3; });
+  });
+  net.train_batch(x, t, LossType::MSE, 0.01f, 4);
+  net.set_update_observer(nullptr);
+  ASSERT_TRUE(status) << "fork or waitpid failed";
+  ASSERT_TRUE(WIFEXITED(*status)) << "the child hung or crashed (signal " << WTERMSIG(*status) << ")";
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << "the child lost count of the call it was forked in";
 }
 
 }  // namespace

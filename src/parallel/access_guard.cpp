@@ -90,8 +90,10 @@ void unlock_and_leave(pthread_rwlock_t* lock, bool waited) {
   if (waited) contenders.fetch_sub(1, std::memory_order_relaxed);
 }
 
-// Guards the calling thread holds (reads and writes, any network).
+// Guards the calling thread holds (reads and writes, any network), and of
+// those, the ones it had to wait for (counted among the contenders).
 thread_local unsigned held_here = 0;
+thread_local int waited_here = 0;
 
 [[noreturn]] void refuse_forked_mid_write(const char* operation) {
   throw ConcurrencyError(std::string(operation) +
@@ -118,6 +120,10 @@ AccessGuard::~AccessGuard() { pthread_rwlock_destroy(&lock_); }
 bool this_thread_holds_a_network() { return held_here != 0; }
 
 int parameter_lock_contenders() { return contenders.load(std::memory_order_relaxed); }
+
+void count_only_this_threads_contention_after_fork() {
+  contenders.store(waited_here, std::memory_order_relaxed);
+}
 
 void AccessGuard::refuse_if_forked_mid_write(const char* operation) const {
   if (forked_mid_write_.load(std::memory_order_relaxed)) refuse_forked_mid_write(operation);
@@ -148,10 +154,12 @@ AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     refuse(operation);
   }
   ++held_here;
+  waited_here += waited_ ? 1 : 0;
 }
 
 AccessGuard::Read::~Read() {
   --held_here;
+  waited_here -= waited_ ? 1 : 0;
   guard_.state_.fetch_sub(1, std::memory_order_release);
   if (locked_) unlock_and_leave(&guard_.lock_, waited_);
 }
@@ -167,10 +175,12 @@ AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     refuse(operation);
   }
   ++held_here;
+  waited_here += waited_ ? 1 : 0;
 }
 
 AccessGuard::Write::~Write() {
   --held_here;
+  waited_here -= waited_ ? 1 : 0;
   guard_.state_.fetch_and(~kWriter, std::memory_order_release);
   if (locked_) unlock_and_leave(&guard_.lock_, waited_);
 }

@@ -83,5 +83,8 @@ bool this_thread_holds_a_network();
 // Threads waiting for a parameter lock, or holding one they had to wait for,
 // process-wide (the spin-or-sleep rule in access_guard.cpp; tests).
 int parameter_lock_contenders();
+// In a forked child: the contenders are the calling thread's own waited-for
+// holds, the parent's other threads being gone (fork_safety.cpp).
+void count_only_this_threads_contention_after_fork();
 
 }  // namespace kortexdl::detail

@@ -65,6 +65,9 @@ std::atomic<bool>& budget_chosen() {
 detail::ShardedCount in_flight;
 // Of in_flight; changed only by training steps that wait for another's work.
 detail::OwnCacheLine<std::atomic<std::size_t>> parked;
+// This thread's calls in flight (nested calls from an update observer count
+// too): what a forked child, where only this thread lives on, has in flight.
+thread_local std::size_t in_flight_here = 0;
 
 // libgomp gives every thread that opens a parallel region a pool of worker
 // threads of its own, kept until that thread exits. Once the pools together
@@ -122,6 +125,11 @@ void after_fork_in_child() {
   team_owner.store(nullptr, std::memory_order_relaxed);
   this_thread_team.owner = false;
   if (this_thread_team.opened_team) this_thread_team.pool_lost_in_fork = true;
+  // The parent's other threads' calls would stay counted for good, and the
+  // child's calls would get smaller teams than its cores allow.
+  in_flight.reset();
+  for (std::size_t i = 0; i < in_flight_here; ++i) in_flight.increment();
+  parked.value.store(0, std::memory_order_relaxed);  // a parked call waits, it does not fork
 }
 
 const bool fork_handler_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0;
@@ -179,11 +187,13 @@ TeamScope::~TeamScope() {
 ComputeScope::ComputeScope(double flops) {
   ensure_alternate_signal_stack();
   in_flight.increment();
+  ++in_flight_here;
   team_.emplace(team_size_for(flops));
 }
 
 ComputeScope::~ComputeScope() {
   team_.reset();
+  --in_flight_here;
   in_flight.decrement();
 }
 
