@@ -21,6 +21,34 @@ namespace {
 
 using kortexdl::LossType;
 
+// A training step on another thread, held inside its write (its update
+// observer waits) from construction until release(): a thread writing the
+// network, with thread safety on, at a moment of the test's choosing.
+class WriterHeldInsideItsWrite {
+ public:
+  WriterHeldInsideItsWrite(kortexdl::Network& net, const std::vector<float>& x, const std::vector<float>& t)
+      : net_(net) {
+    net_.set_update_observer([this](std::span<const float>, std::uint64_t) {
+      writing_ = true;
+      while (!released_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
+    thread_ = std::thread([&net, &x, &t] { net.train_batch(x, t, LossType::MSE, 0.01f, 4); });
+    while (!writing_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ~WriterHeldInsideItsWrite() { release(); }
+  void release() {
+    if (!thread_.joinable()) return;
+    released_ = true;
+    thread_.join();
+    net_.set_update_observer(nullptr);
+  }
+
+ private:
+  kortexdl::Network& net_;
+  std::atomic<bool> writing_{false}, released_{false};
+  std::thread thread_;
+};
+
 TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
   if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
   ASSERT_TRUE(kortexdl::detail::network_fork_handler_installed());
@@ -65,15 +93,7 @@ TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
   net.enable_thread_safety(true);
   const std::vector<float> x = kortex_test::normal_floats(4 * 16, 9);
   const std::vector<float> t = kortex_test::normal_floats(4 * 2, 10);
-  // The observer runs inside the write: it holds the writer there until the
-  // fork is over.
-  std::atomic<bool> writing{false}, release{false};
-  net.set_update_observer([&](std::span<const float>, std::uint64_t) {
-    writing = true;
-    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  });
-  std::thread writer([&] { net.train_batch(x, t, LossType::MSE, 0.01f, 4); });
-  while (!writing.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  WriterHeldInsideItsWrite writer(net, x, t);  // until the fork is over
   const std::optional<int> status = kortex_test::status_of_forked_child(20, [&] {
     int refused = 0;
     for (int call = 0; call < 2; ++call) {
@@ -86,12 +106,10 @@ TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
     }
     return refused == 2 ? 0 : 3;
   });
-  release = true;
-  writer.join();
+  writer.release();
   ASSERT_TRUE(status) << "fork or waitpid failed";
   ASSERT_TRUE(WIFEXITED(*status)) << "the child hung or crashed (signal " << WTERMSIG(*status) << ")";
   EXPECT_EQ(WEXITSTATUS(*status), 0) << "the child did not refuse both calls with a ConcurrencyError about the fork";
-  net.set_update_observer(nullptr);
   EXPECT_NO_THROW(net.train_batch(x, t, LossType::MSE, 0.01f, 4));  // the parent's network is untouched
 }
 
@@ -106,13 +124,7 @@ TEST(ForkSafety, ChildCountsOnlyItsOwnCallsAndLockWaits) {
   net.enable_thread_safety(true);
   const std::vector<float> x = kortex_test::normal_floats(4 * 16, 12);
   const std::vector<float> t = kortex_test::normal_floats(4 * 2, 13);
-  std::atomic<bool> writing{false}, release{false};
-  net.set_update_observer([&](std::span<const float>, std::uint64_t) {
-    writing = true;
-    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  });
-  std::thread writer([&] { net.train_batch(x, t, LossType::MSE, 0.01f, 4); });  // in flight, holds the lock
-  while (!writing.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  WriterHeldInsideItsWrite writer(net, x, t);  // in flight, holds the lock
   std::thread reader([&] { (void)net.forward(x, 4); });  // waits for the lock
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (kortexdl::detail::parameter_lock_contenders() != 1 && std::chrono::steady_clock::now() < until) {
@@ -126,10 +138,8 @@ TEST(ForkSafety, ChildCountsOnlyItsOwnCallsAndLockWaits) {
     if (kortexdl::detail::share_for(1e12) != 4) return 5;
     return 0;
   });
-  release = true;
-  writer.join();
+  writer.release();
   reader.join();
-  net.set_update_observer(nullptr);
   EXPECT_EQ(parent_in_flight, 1u);
   EXPECT_EQ(parent_contenders, 1);
   ASSERT_TRUE(status) << "fork or waitpid failed";
