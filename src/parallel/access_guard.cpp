@@ -95,6 +95,16 @@ void unlock_and_leave(pthread_rwlock_t* lock, bool waited) {
 thread_local unsigned held_here = 0;
 thread_local int waited_here = 0;
 
+void count_hold_here(bool waited) {
+  ++held_here;
+  if (waited) ++waited_here;
+}
+
+void uncount_hold_here(bool waited) {
+  --held_here;
+  if (waited) --waited_here;
+}
+
 [[noreturn]] void refuse_forked_mid_write(const char* operation) {
   throw ConcurrencyError(std::string(operation) +
                          ": this process was forked while another thread was changing this network's "
@@ -153,13 +163,11 @@ AccessGuard::Read::Read(AccessGuard& guard, bool lock, const char* operation)
     if (locked_) unlock_and_leave(&guard_.lock_, waited_);
     refuse(operation);
   }
-  ++held_here;
-  waited_here += waited_ ? 1 : 0;
+  count_hold_here(waited_);
 }
 
 AccessGuard::Read::~Read() {
-  --held_here;
-  waited_here -= waited_ ? 1 : 0;
+  uncount_hold_here(waited_);
   guard_.state_.fetch_sub(1, std::memory_order_release);
   if (locked_) unlock_and_leave(&guard_.lock_, waited_);
 }
@@ -174,13 +182,11 @@ AccessGuard::Write::Write(AccessGuard& guard, bool lock, const char* operation)
     if (locked_) unlock_and_leave(&guard_.lock_, waited_);
     refuse(operation);
   }
-  ++held_here;
-  waited_here += waited_ ? 1 : 0;
+  count_hold_here(waited_);
 }
 
 AccessGuard::Write::~Write() {
-  --held_here;
-  waited_here -= waited_ ? 1 : 0;
+  uncount_hold_here(waited_);
   guard_.state_.fetch_and(~kWriter, std::memory_order_release);
   if (locked_) unlock_and_leave(&guard_.lock_, waited_);
 }
