@@ -4,29 +4,19 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <chrono>
 #include <optional>
 #include <thread>
 
 #include "kortexdl/error.hpp"
 #include "parallel/access_guard.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using kortexdl::ConcurrencyError;
 using kortexdl::detail::AccessGuard;
 using kortexdl::detail::parameter_lock_contenders;
-
-// Polls until `done()` or 10 s have passed; false on timeout.
-template <class Done>
-bool eventually(Done done) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  return true;
-}
+using kortex_test::eventually;
 
 TEST(AccessGuardContenders, LocksTakenAtOnceAreNotCounted) {
   AccessGuard guard;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "kortexdl/kortexdl.hpp"
@@ -20,6 +21,15 @@
 namespace {
 
 using kortexdl::LossType;
+
+// A seeded network with thread safety on, as threads that share it need.
+kortexdl::Network thread_safe_network(std::vector<std::size_t> sizes, std::uint64_t seed) {
+  kortexdl::NetworkConfig config;
+  config.seed = seed;
+  kortexdl::Network net(std::move(sizes), config);
+  net.enable_thread_safety(true);
+  return net;
+}
 
 // A training step on another thread, held inside its write (its update
 // observer waits) from construction until release(): a thread writing the
@@ -53,10 +63,7 @@ TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
   if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
   ASSERT_TRUE(kortexdl::detail::network_fork_handler_installed());
   kortexdl::set_num_threads(1);
-  kortexdl::NetworkConfig config;
-  config.seed = 5;
-  kortexdl::Network net({64, 32, 4}, config);
-  net.enable_thread_safety(true);
+  kortexdl::Network net = thread_safe_network({64, 32, 4}, 5);
   const std::vector<float> x = kortex_test::normal_floats(8 * 64, 6);
   const std::vector<float> t = kortex_test::normal_floats(8 * 4, 7);
   std::atomic<bool> stop{false};
@@ -87,10 +94,7 @@ TEST(ForkSafety, ChildTrainsANetworkParentThreadsWereReading) {
 
 TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
   if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
-  kortexdl::NetworkConfig config;
-  config.seed = 8;
-  kortexdl::Network net({16, 8, 2}, config);
-  net.enable_thread_safety(true);
+  kortexdl::Network net = thread_safe_network({16, 8, 2}, 8);
   const std::vector<float> x = kortex_test::normal_floats(4 * 16, 9);
   const std::vector<float> t = kortex_test::normal_floats(4 * 2, 10);
   WriterHeldInsideItsWrite writer(net, x, t);  // until the fork is over
@@ -118,18 +122,12 @@ TEST(ForkSafety, ChildRefusesANetworkAnotherThreadWasWriting) {
 TEST(ForkSafety, ChildCountsOnlyItsOwnCallsAndLockWaits) {
   if (kortex_test::kSanitized) GTEST_SKIP() << "the sanitizers' runtimes are not fork-safe while other threads allocate";
   kortex_test::ThreadBudget budget(4);
-  kortexdl::NetworkConfig config;
-  config.seed = 11;
-  kortexdl::Network net({16, 8, 2}, config);
-  net.enable_thread_safety(true);
+  kortexdl::Network net = thread_safe_network({16, 8, 2}, 11);
   const std::vector<float> x = kortex_test::normal_floats(4 * 16, 12);
   const std::vector<float> t = kortex_test::normal_floats(4 * 2, 13);
   WriterHeldInsideItsWrite writer(net, x, t);  // in flight, holds the lock
   std::thread reader([&] { (void)net.forward(x, 4); });  // waits for the lock
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (kortexdl::detail::parameter_lock_contenders() != 1 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  kortex_test::eventually([] { return kortexdl::detail::parameter_lock_contenders() == 1; });
   const std::size_t parent_in_flight = kortexdl::calls_in_flight();
   const int parent_contenders = kortexdl::detail::parameter_lock_contenders();
   const std::optional<int> status = kortex_test::status_of_forked_child(20, [] {

@@ -35,8 +35,7 @@ void busy_for(std::chrono::microseconds d) {
 }
 
 void wait_until_waiting(const StepGate& gate, std::size_t count) {
-  const auto give_up = Clock::now() + std::chrono::seconds(20);
-  while (gate.waiting() < count && Clock::now() < give_up) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  kortex_test::eventually([&] { return gate.waiting() >= count; }, std::chrono::seconds(20));
   ASSERT_GE(gate.waiting(), count) << "threads never queued";
 }
 

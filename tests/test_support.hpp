@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "kortexdl/kortexdl.hpp"
@@ -49,6 +50,18 @@ std::optional<int> status_of_forked_child(unsigned seconds, Body body) {
   int status = 0;
   if (child < 0 || waitpid(child, &status, 0) != child) return std::nullopt;
   return status;
+}
+
+// Polls `done()` until it holds or `timeout` has passed (a state another
+// thread reaches: a waiter counted, a queue filled); whether it held.
+template <class Done>
+bool eventually(Done done, std::chrono::steady_clock::duration timeout = std::chrono::seconds(10)) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  return true;
 }
 
 // Failures collected on worker threads, reported from the main thread (a
