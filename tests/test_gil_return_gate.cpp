@@ -3,6 +3,7 @@
 // watch it: a std::mutex stands in for the GIL.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -46,6 +47,91 @@ void caller_loop(const std::atomic<bool>& stop, std::int64_t region_ns, std::siz
     pass_return_gate(region_ns);
     ++*calls;
   }
+}
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t ns_since(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+}
+
+// Takes turns in arrival order, as CPython's GIL does between threads that
+// want it (its holder has to let a waiting thread in); a std::mutex would let
+// a thread that relocks at once keep it for good.
+class FairGil {
+ public:
+  void lock() {
+    const std::uint32_t mine = next_.fetch_add(1);
+    while (serving_.load() != mine) std::this_thread::yield();
+  }
+  void unlock() { serving_.fetch_add(1); }
+
+ private:
+  std::atomic<std::uint32_t> next_{0};
+  std::atomic<std::uint32_t> serving_{0};
+};
+
+FairGil fair_gil;
+
+// A caller of a given shape: `held` of "Python" under the fair fake GIL
+// between calls, then a `region` long call; it tells the gate both, as
+// ReleasedGil does. Counts its calls, the time it spent in the gate, and
+// (once `counting`) the returns that found another caller already running
+// its Python (past the gate, not yet in its next call).
+struct ShapedCaller {
+  std::chrono::nanoseconds held;
+  std::chrono::nanoseconds region;
+  std::size_t calls = 0;
+  std::int64_t in_gate_ns = 0;
+  std::size_t counted_returns = 0;
+  std::size_t overlapping_returns = 0;
+};
+
+void shaped_caller_loop(const std::atomic<bool>& stop, const std::atomic<bool>& counting,
+                        std::atomic<int>& in_python, ShapedCaller& me) {
+  bool past_gate = false;
+  std::int64_t held_ns = -1;  // a thread's first return has no Python before it to judge
+  while (!stop.load(std::memory_order_relaxed)) {
+    if (past_gate) {
+      {
+        std::lock_guard<FairGil> gil(fair_gil);
+        const auto start = Clock::now();
+        spin_for(me.held);
+        held_ns = ns_since(start);
+      }
+      in_python.fetch_sub(1);
+    }
+    const auto start = Clock::now();
+    spin_for(me.region);
+    const auto returned = Clock::now();
+    pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(returned - start).count(), held_ns);
+    const bool overlaps = in_python.fetch_add(1) > 0;
+    past_gate = true;
+    ++me.calls;
+    if (counting.load(std::memory_order_relaxed)) {
+      me.in_gate_ns += ns_since(returned);
+      ++me.counted_returns;
+      if (overlaps) ++me.overlapping_returns;
+    }
+  }
+  if (past_gate) in_python.fetch_sub(1);
+}
+
+// Runs the callers for warm_up + how_long, counting during how_long.
+void run_shaped(std::vector<ShapedCaller>& callers, std::chrono::milliseconds warm_up,
+                std::chrono::milliseconds how_long) {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> counting{false};
+  std::atomic<int> in_python{0};
+  std::vector<std::thread> pool;
+  for (ShapedCaller& c : callers) {
+    pool.emplace_back(shaped_caller_loop, std::cref(stop), std::cref(counting), std::ref(in_python), std::ref(c));
+  }
+  std::this_thread::sleep_for(warm_up);
+  counting = true;
+  std::this_thread::sleep_for(how_long);
+  stop = true;
+  for (auto& t : pool) t.join();
 }
 
 std::vector<std::size_t> run_callers(int threads, std::int64_t region_ns, std::chrono::milliseconds how_long) {
@@ -146,6 +232,55 @@ TEST(GilReturnGate, LeavingWithoutALaneChangesNothing) {
   }).join();
   const auto counts = return_gate_counts();
   EXPECT_EQ(counts.queued + counts.rotated + counts.expired, 0u);
+}
+
+TEST(GilReturnGate, GilBoundCallersTakeTurnsOnOneLane) {
+  // Four threads whose 0.5 us calls are far shorter than their 10 us of
+  // Python share one lane: a returning call almost never finds another
+  // thread running its Python (with two lanes for them, most returns would),
+  // and turns still rotate, so every thread makes progress.
+  reset_return_gate_counts();
+  std::vector<ShapedCaller> callers(4, ShapedCaller{10us, 500ns});
+  run_shaped(callers, 50ms, 300ms);
+  std::size_t returns = 0;
+  std::size_t overlapping = 0;
+  for (std::size_t i = 0; i < callers.size(); ++i) {
+    EXPECT_GE(callers[i].calls, 5u) << "thread " << i << " starved";
+    returns += callers[i].counted_returns;
+    overlapping += callers[i].overlapping_returns;
+  }
+  const auto counts = return_gate_counts();
+  EXPECT_GT(counts.gil_bound, 0u);
+  EXPECT_GT(counts.rotated, 0u);
+  ASSERT_GT(returns, 100u);
+  EXPECT_LT(overlapping * 20, returns) << overlapping << " of " << returns << " returns overlapped";
+}
+
+TEST(GilReturnGate, OneThreadWithLongerCallsKeepsItsLane) {
+  // Beside three GIL-bound threads, one whose 20 us calls overlap well with
+  // their Python keeps the second lane: at the end of its turns nobody in
+  // line may take it over (they share the first), so it hardly ever waits
+  // in the gate; handing its lane to them would park it for whole turns.
+  reset_return_gate_counts();
+  std::vector<ShapedCaller> callers(3, ShapedCaller{10us, 500ns});
+  callers.push_back(ShapedCaller{500ns, 20us});
+  run_shaped(callers, 50ms, 300ms);
+  const ShapedCaller& longer = callers.back();
+  EXPECT_GT(return_gate_counts().gil_bound, 0u);
+  ASSERT_GT(longer.counted_returns, 0u);
+  EXPECT_LT(longer.in_gate_ns, 30'000'000) << "the thread with longer calls waited " << longer.in_gate_ns / 1000
+                                           << " us of 300 ms in the gate";
+}
+
+TEST(GilReturnGate, CallersThatPauseBetweenCallsAreNotJudgedGilBound) {
+  // 50 us or more of Python between calls (a server waiting for requests),
+  // or none known: such returns are no convoy, and are not judged.
+  reset_return_gate_counts();
+  std::thread([] {
+    for (int i = 0; i < 50; ++i) pass_return_gate(1'000, 200'000);
+    for (int i = 0; i < 50; ++i) pass_return_gate(1'000, -1);
+  }).join();
+  EXPECT_EQ(return_gate_counts().gil_bound, 0u);
 }
 
 }  // namespace

@@ -335,6 +335,7 @@ class GilHandoff(TypedDict):
     queued: int
     rotated: int
     expired: int
+    gil_bound: int
 
 def gil_stats() -> dict[str, Union[MethodStats, GilHandoff, int]]: ...
 def reset_gil_stats() -> None: ...

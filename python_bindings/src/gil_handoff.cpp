@@ -38,6 +38,10 @@ std::atomic<bool> someone_polling{false};
 constexpr std::int64_t kCooldownBudgets = 100;
 std::atomic<std::int64_t> no_polling_until_ns{0};
 
+// When this thread last took the GIL back from a call: the next release
+// tells the return gate how long the thread's Python between calls took.
+thread_local ReleasedGil::Clock::time_point gil_taken_at{};
+
 std::atomic<std::uint64_t> polled_count{0};
 std::atomic<std::uint64_t> handed_off_count{0};
 
@@ -89,12 +93,15 @@ ReleasedGil::ReleasedGil(ReturnGate gate) noexcept : gate_(gate) {
   state_ = PyEval_SaveThread();
   raise_to(released, mine);
   released_at_ = Clock::now();
+  if (gil_taken_at != Clock::time_point{}) {
+    held_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(released_at_ - gil_taken_at).count();
+  }
 }
 
 ReleasedGil::~ReleasedGil() {
   const Clock::time_point ended = work_ended_at_ != Clock::time_point{} ? work_ended_at_ : Clock::now();
   if (gate_ == ReturnGate::pass) {
-    pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(ended - released_at_).count());
+    pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(ended - released_at_).count(), held_ns_);
   } else {
     leave_return_gate();
   }
@@ -112,6 +119,7 @@ ReleasedGil::~ReleasedGil() {
   }
   PyEval_RestoreThread(state_);
   taken.fetch_add(1, std::memory_order_release);
+  gil_taken_at = Clock::now();
 }
 
 GilHandoffCounts gil_handoff_counts() noexcept {

@@ -47,6 +47,7 @@ class ReleasedGil {
   ReturnGate gate_;
   Clock::time_point released_at_;
   Clock::time_point work_ended_at_{};
+  std::int64_t held_ns_ = -1;  // the thread's Python since its previous call (-1: no previous call)
 };
 
 // The polling bound in microseconds (0: never poll), read once from

@@ -69,7 +69,7 @@ def test_two_callers_hand_the_gil_over_by_polling(single_thread, rng):
     kortexdl.reset_gil_stats()
     assert kortexdl.gil_stats()["gil_handoff"] == {
         "spin_budget_us": DEFAULT_BUDGET_US, "polled": 0, "handed_off": 0,
-        "lanes": CPUS, "queued": 0, "rotated": 0, "expired": 0,
+        "lanes": CPUS, "queued": 0, "rotated": 0, "expired": 0, "gil_bound": 0,
     }
 
 
@@ -191,6 +191,61 @@ def test_many_threads_queue_for_lanes_and_all_make_progress(single_thread, rng):
     assert gate["queued"] > 0, gate
     assert gate["rotated"] > 0, gate
     assert min(counts) >= 20, (counts, gate)
+
+
+def run_callers_for(seconds, calls):
+    """One thread per call function, calling it until `seconds` are up;
+    returns each thread's count and the gate's counters."""
+    stop = threading.Event()
+    counts = [0] * len(calls)
+
+    def loop(i, call):
+        while not stop.is_set():
+            call()
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i, call)) for i, call in enumerate(calls)]
+    kortexdl.reset_gil_stats()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return counts, kortexdl.gil_stats()["gil_handoff"]
+
+
+def test_gil_bound_callers_share_one_lane(single_thread, rng):
+    """As many threads as lanes, each running more Python between its calls
+    than the call computes: they share one lane (so all but one queue, which
+    with a lane each none would), take turns, and get exact results."""
+    net = kortexdl.Network([100, 64, 10], seed=3)
+    x = rng.standard_normal((1, 100)).astype(np.float32)
+    expected = net.forward(x)
+    wrong = []
+
+    def call():
+        sum(range(300))  # ~10 us of Python, far more than the call's compute
+        if not np.array_equal(net.forward(x), expected):
+            wrong.append(1)
+
+    counts, gate = run_callers_for(1.0, [call] * CPUS)
+    assert not wrong
+    assert gate["gil_bound"] > 0, gate
+    assert gate["queued"] > 0, gate
+    assert gate["rotated"] > 0, gate
+    assert min(counts) >= 20, (counts, gate)
+
+
+def test_callers_with_longer_calls_are_not_gil_bound(single_thread, rng):
+    """Calls that compute for longer than their thread's Python keep a lane
+    each: none is judged GIL-bound, and with a lane per thread none queues."""
+    net = kortexdl.Network([784, 256, 128, 10], seed=3)
+    x = rng.standard_normal((32, 784)).astype(np.float32)
+    counts, gate = run_callers_for(0.5, [lambda: net.forward(x)] * CPUS)
+    assert min(counts) > 0, counts
+    assert gate["gil_bound"] == 0, gate
+    assert gate["queued"] == 0, gate
 
 
 def test_holders_that_wait_for_a_queued_thread_lose_their_lanes(single_thread, rng):

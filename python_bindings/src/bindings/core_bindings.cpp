@@ -222,16 +222,18 @@ void bind_module_functions(py::module_& m) {
         handoff_entry["queued"] = gate.queued;
         handoff_entry["rotated"] = gate.rotated;
         handoff_entry["expired"] = gate.expired;
+        handoff_entry["gil_bound"] = gate.gil_bound;
         stats["gil_handoff"] = handoff_entry;
         return stats;
       },
       "Counters of the GIL-released compute regions: {method: {'calls', 'total_seconds', 'max_seconds'}} "
       "for every method that releases the GIL, plus 'gil_held_violations': how many times a compute "
       "region found the GIL still held (always 0 unless something is broken), and 'gil_handoff': "
-      "{'spin_budget_us', 'polled', 'handed_off', 'lanes', 'queued', 'rotated', 'expired'}: how many returning "
-      "calls polled for the GIL instead of sleeping on it (KORTEX_GIL_SPIN_US) and how many found it free in "
-      "time, and how returning calls used the lanes (KORTEX_GIL_LANES): waited in line, were handed a lane at "
-      "the end of another thread's turn, or took over a lane its holder had left.");
+      "{'spin_budget_us', 'polled', 'handed_off', 'lanes', 'queued', 'rotated', 'expired', 'gil_bound'}: how "
+      "many returning calls polled for the GIL instead of sleeping on it (KORTEX_GIL_SPIN_US) and how many found "
+      "it free in time, and how returning calls used the lanes (KORTEX_GIL_LANES): waited in line, were handed a "
+      "lane at the end of another thread's turn, took over a lane its holder had left, or were GIL-bound (shorter "
+      "than their thread's Python between calls; such threads share one lane).");
   m.def("reset_gil_stats", &reset_stats, "Sets every gil_stats() counter back to zero.");
 
   m.def(
