@@ -83,6 +83,9 @@ for config, op, batch in spec["cases"]:
     y = rng.integers(0, sizes[-1], batch)
     if op == "forward":
         call = (lambda: net.forward(x[0])) if batch == 1 else (lambda: net.forward(x))
+    elif op == "evaluate":
+        labels = y.astype(np.int32)
+        call = lambda: net.evaluate(x, labels, kortexdl.LossType.CrossEntropy)
     else:
         call = lambda: net.train_batch(x, y, kortexdl.LossType.CrossEntropy, 1e-4)
 
@@ -125,6 +128,29 @@ print(json.dumps({"results": results, "handoff": kortexdl.gil_stats()["gil_hando
 """
 
 
+def library_variants(parser, texts):
+    """--library NAME=DIR arguments as {name: environment}: DIR first on
+    LD_LIBRARY_PATH if it holds libkortexdl.so.0, first on PYTHONPATH if it
+    holds a kortexdl/ package."""
+    variants = {}
+    for text in texts:
+        name, _, directory = text.partition("=")
+        if not name or not directory or name in variants:
+            parser.error(f"--library {text}: expected NAME=DIR with a new NAME")
+        has_library = os.path.isfile(os.path.join(directory, "libkortexdl.so.0"))
+        has_package = os.path.isfile(os.path.join(directory, "kortexdl", "__init__.py"))
+        if not has_library and not has_package:
+            parser.error(f"--library {text}: neither libkortexdl.so.0 nor kortexdl/__init__.py in {directory}")
+        variants[name] = {}
+        for variable, wanted in (("LD_LIBRARY_PATH", has_library), ("PYTHONPATH", has_package)):
+            if wanted:
+                path = os.path.abspath(directory)
+                if os.environ.get(variable):
+                    path += os.pathsep + os.environ[variable]
+                variants[name][variable] = path
+    return variants
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 4, 16])
@@ -144,32 +170,16 @@ def main():
         parser.error("--threads in 1..64, --repeat >= 1, --min-time > 0")
     if not 0 <= args.budget <= 4096:
         parser.error("--budget in 0..4096")
-    variants = VARIANTS
-    if args.library:
-        variants = {}
-        for text in args.library:
-            name, _, directory = text.partition("=")
-            if not name or not directory or name in variants:
-                parser.error(f"--library {text}: expected NAME=DIR with a new NAME")
-            has_library = os.path.isfile(os.path.join(directory, "libkortexdl.so.0"))
-            has_package = os.path.isfile(os.path.join(directory, "kortexdl", "__init__.py"))
-            if not has_library and not has_package:
-                parser.error(f"--library {text}: neither libkortexdl.so.0 nor kortexdl/__init__.py in {directory}")
-            variants[name] = {}
-            for variable, wanted in (("LD_LIBRARY_PATH", has_library), ("PYTHONPATH", has_package)):
-                if wanted:
-                    path = os.path.abspath(directory)
-                    if os.environ.get(variable):
-                        path += os.pathsep + os.environ[variable]
-                    variants[name][variable] = path
+    variants = library_variants(parser, args.library) if args.library else VARIANTS
     cases = CASES
     if args.case:
         cases = []
         for text in args.case:
             parts = text.split("/")
-            if (len(parts) != 3 or parts[0] not in SIZES or parts[1] not in ("forward", "train")
+            if (len(parts) != 3 or parts[0] not in SIZES or parts[1] not in ("forward", "evaluate", "train")
                     or not parts[2].isdigit() or not 1 <= int(parts[2]) <= 4096):
-                parser.error(f"unknown case {text} (config/op/batch: small|medium|large, forward|train, 1-4096)")
+                parser.error(f"unknown case {text} "
+                             "(config/op/batch: small|medium|large, forward|evaluate|train, 1-4096)")
             cases.append((parts[0], parts[1], int(parts[2])))
     spec = json.dumps({"cases": cases, "sizes": SIZES, "threads": args.threads, "min_time": args.min_time,
                        "budget": args.budget})

@@ -141,16 +141,16 @@ AB_SCRIPT = os.path.join(REPO, "bench", "gil_handoff_ab.py")
 def test_gil_handoff_ab_runs_every_variant(tmp_path):
     out = tmp_path / "ab.json"
     cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "3", "--repeat", "2", "--min-time", "0.01",
-           "--case", "small/forward/1", "small/train/1", "--json", str(out)]
+           "--case", "small/forward/1", "small/evaluate/1", "small/train/1", "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     rows = json.loads(out.read_text())["rows"]
     assert [(r["case"], r["threads"]) for r in rows] == [
-        ("small/forward/1", 2), ("small/forward/1", 3), ("small/train/1", 2), ("small/train/1", 3)]
+        (case, threads) for case in ("small/forward/1", "small/evaluate/1", "small/train/1") for threads in (2, 3)]
     for r in rows:
         for variant in ("plain", "poll", "default"):
             assert len(r[variant]) == 2 and all(s > 0 for s in r[variant])
-    assert p.stdout.count("| small/") == 4 + 2  # a speedup row per case and thread count, a time row per case
+    assert p.stdout.count("| small/") == 6 + 3  # a speedup row per case and thread count, a time row per case
     for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0"):
         bad = subprocess.run([sys.executable, AB_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
@@ -217,3 +217,26 @@ def test_threads_vs_processes_runs_every_case(tmp_path):
     for case in ("huge/forward/1", "small/forward", "small/evaluate/1", "small/train/0"):
         bad = subprocess.run([sys.executable, TVP_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
+
+
+MIXED_SCRIPT = os.path.join(REPO, "bench", "mixed_callers.py")
+
+
+def test_mixed_callers_compares_builds(tmp_path):
+    library = loaded_library_dir()
+    out = tmp_path / "mixed.json"
+    cmd = [sys.executable, MIXED_SCRIPT, "--short", "2", "--long", "1", "--seconds", "0.05", "--repeat", "2",
+           "--library", f"a={library}", "--library", f"b={library}", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert list(report["rates"]) == ["a", "b"]
+    for rates in report["rates"].values():
+        assert len(rates["short"]) == 2 and len(rates["long"]) == 2
+        assert all(r > 0 for r in rates["short"] + rates["long"])
+    assert "| a |" in p.stdout and "| b |" in p.stdout and "work (short-call units/s)" in p.stdout
+    for bad_args, message in ((["--short", "0", "--long", "0"], "at least one thread"),
+                              (["--seconds", "0"], "--seconds"),
+                              (["--library", "a"], "NAME=DIR")):
+        bad = subprocess.run([sys.executable, MIXED_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
