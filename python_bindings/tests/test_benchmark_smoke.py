@@ -240,3 +240,22 @@ def test_mixed_callers_compares_builds(tmp_path):
                               (["--library", "a"], "NAME=DIR")):
         bad = subprocess.run([sys.executable, MIXED_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
+
+
+FLOOR_SCRIPT = os.path.join(REPO, "bench", "machine_floor.py")
+
+
+def test_machine_floor_probes_compile_and_run(tmp_path):
+    out = tmp_path / "floor.json"
+    cmd = [sys.executable, FLOOR_SCRIPT, "--threads", "2", "--region-us", "0.3", "--repeat", "1",
+           "--seconds", "0.005", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert report["two_threads_of_compute"]["median"] > 0 and report["fma_iterations"] > 0
+    assert [(row["kind"], row["threads"]) for row in report["extension"]] == [("region", 2), ("work", 2)]
+    assert all(row["median"] > 0 for row in report["extension"])
+    assert "two threads of pure compute" in p.stdout and "released, spinning 0.3 us | 2 |" in p.stdout
+    for bad_args, message in ((["--threads", "0"], "--threads"), (["--region-us", "-1"], "--region-us")):
+        bad = subprocess.run([sys.executable, FLOOR_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
