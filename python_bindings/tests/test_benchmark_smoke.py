@@ -29,12 +29,25 @@ def load_script():
     return module
 
 
+def run_ok(cmd, cwd, timeout=300):
+    """Runs a benchmark script that must succeed; returns its result."""
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    return p
+
+
+def assert_rejected(script, bad_args_and_messages):
+    """Each argument list makes the script exit with a usage error naming the problem."""
+    for bad_args, message in bad_args_and_messages:
+        bad = subprocess.run([sys.executable, script, *bad_args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
+
+
 def run(tmp_path, *extra, timeout=120):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, SCRIPT, "--config", "tiny", "--batch", "1", "3", "--threads", "1", "2", "--repeat", "1",
            "--min-time", "0.001", "--json", str(out), *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    p = run_ok(cmd, tmp_path, timeout)
     return p.stdout, json.loads(out.read_text())
 
 
@@ -142,8 +155,7 @@ def test_gil_handoff_ab_runs_every_variant(tmp_path):
     out = tmp_path / "ab.json"
     cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "3", "--repeat", "2", "--min-time", "0.01",
            "--case", "small/forward/1", "small/evaluate/1", "small/train/1", "--json", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    p = run_ok(cmd, tmp_path)
     rows = json.loads(out.read_text())["rows"]
     assert [(r["case"], r["threads"]) for r in rows] == [
         (case, threads) for case in ("small/forward/1", "small/evaluate/1", "small/train/1") for threads in (2, 3)]
@@ -151,9 +163,8 @@ def test_gil_handoff_ab_runs_every_variant(tmp_path):
         for variant in ("plain", "poll", "default"):
             assert len(r[variant]) == 2 and all(s > 0 for s in r[variant])
     assert p.stdout.count("| small/") == 6 + 3  # a speedup row per case and thread count, a time row per case
-    for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0"):
-        bad = subprocess.run([sys.executable, AB_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
+    assert_rejected(AB_SCRIPT, [(["--case", case], "unknown case")
+                                for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0")])
 
 
 def loaded_library_dir():
@@ -174,8 +185,7 @@ def test_gil_handoff_ab_compares_library_builds(tmp_path):
     cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "--repeat", "1", "--min-time", "0.01", "--budget", "0",
            "--case", "small/train/1", "--library", f"one={library}", "--library", f"two={package}",
            "--busy", "1", "--json", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    p = run_ok(cmd, tmp_path)
     report = json.loads(out.read_text())
     assert report["budget"] == 0 and list(report["variants"]) == ["one", "two"]
     assert report["variants"]["one"]["LD_LIBRARY_PATH"].split(os.pathsep)[0] == os.path.abspath(library)
@@ -187,13 +197,11 @@ def test_gil_handoff_ab_compares_library_builds(tmp_path):
     assert "| case | threads | one | two | two / one |" in p.stdout
     assert "| case | sequential us per call: one | two |" in p.stdout and "1 busy processes beside it" in p.stdout
     assert report["busy"] == 1 and len(row["us_per_call"]["one"]) == 1 and row["us_per_call"]["two"][0] > 0
-    for bad_args, message in ((["--library", f"one={tmp_path}"], "neither libkortexdl.so.0 nor kortexdl/__init__.py"),
-                              (["--library", f"one={library}", "--library", f"one={library}"], "new NAME"),
-                              (["--library", "one"], "NAME=DIR"),
-                              (["--budget", "-1"], "--budget"),
-                              (["--busy", "-1"], "--busy")):
-        bad = subprocess.run([sys.executable, AB_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
+    assert_rejected(AB_SCRIPT, ((["--library", f"one={tmp_path}"], "neither libkortexdl.so.0 nor kortexdl/__init__.py"),
+                                (["--library", f"one={library}", "--library", f"one={library}"], "new NAME"),
+                                (["--library", "one"], "NAME=DIR"),
+                                (["--budget", "-1"], "--budget"),
+                                (["--busy", "-1"], "--busy")))
 
 
 TVP_SCRIPT = os.path.join(REPO, "bench", "threads_vs_processes.py")
@@ -203,8 +211,7 @@ def test_threads_vs_processes_runs_every_case(tmp_path):
     out = tmp_path / "tvp.json"
     cmd = [sys.executable, TVP_SCRIPT, "--case", "small/forward/1", "small/train/3", "--workers", "2", "--repeat", "2",
            "--duration", "0.02", "--json", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    p = run_ok(cmd, tmp_path)
     report = json.loads(out.read_text())
     assert report["workers"] == 2
     assert [row["case"] for row in report["rows"]] == ["small/forward/1", "small/train/3"]
@@ -214,9 +221,8 @@ def test_threads_vs_processes_runs_every_case(tmp_path):
             assert set(r) == {"single", "processes", "threads"} and all(v > 0 for v in r.values())
         assert all(e > 0 for e in row["processes_efficiency"] + row["threads_efficiency"])
     assert "| small/forward/1 |" in p.stdout and "| small/train/3 |" in p.stdout
-    for case in ("huge/forward/1", "small/forward", "small/evaluate/1", "small/train/0"):
-        bad = subprocess.run([sys.executable, TVP_SCRIPT, "--case", case], capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2 and "unknown case" in bad.stderr, (case, bad.stderr)
+    assert_rejected(TVP_SCRIPT, [(["--case", case], "unknown case")
+                                 for case in ("huge/forward/1", "small/forward", "small/evaluate/1", "small/train/0")])
 
 
 MIXED_SCRIPT = os.path.join(REPO, "bench", "mixed_callers.py")
@@ -227,19 +233,16 @@ def test_mixed_callers_compares_builds(tmp_path):
     out = tmp_path / "mixed.json"
     cmd = [sys.executable, MIXED_SCRIPT, "--short", "2", "--long", "1", "--seconds", "0.05", "--repeat", "2",
            "--library", f"a={library}", "--library", f"b={library}", "--json", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    p = run_ok(cmd, tmp_path)
     report = json.loads(out.read_text())
     assert list(report["rates"]) == ["a", "b"]
     for rates in report["rates"].values():
         assert len(rates["short"]) == 2 and len(rates["long"]) == 2
         assert all(r > 0 for r in rates["short"] + rates["long"])
     assert "| a |" in p.stdout and "| b |" in p.stdout and "work (short-call units/s)" in p.stdout
-    for bad_args, message in ((["--short", "0", "--long", "0"], "at least one thread"),
-                              (["--seconds", "0"], "--seconds"),
-                              (["--library", "a"], "NAME=DIR")):
-        bad = subprocess.run([sys.executable, MIXED_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
+    assert_rejected(MIXED_SCRIPT, ((["--short", "0", "--long", "0"], "at least one thread"),
+                                   (["--seconds", "0"], "--seconds"),
+                                   (["--library", "a"], "NAME=DIR")))
 
 
 FLOOR_SCRIPT = os.path.join(REPO, "bench", "machine_floor.py")
@@ -249,13 +252,10 @@ def test_machine_floor_probes_compile_and_run(tmp_path):
     out = tmp_path / "floor.json"
     cmd = [sys.executable, FLOOR_SCRIPT, "--threads", "2", "--region-us", "0.3", "--repeat", "1",
            "--seconds", "0.005", "--json", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert p.returncode == 0, f"{cmd}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    p = run_ok(cmd, tmp_path)
     report = json.loads(out.read_text())
     assert report["two_threads_of_compute"]["median"] > 0 and report["fma_iterations"] > 0
     assert [(row["kind"], row["threads"]) for row in report["extension"]] == [("region", 2), ("work", 2)]
     assert all(row["median"] > 0 for row in report["extension"])
     assert "two threads of pure compute" in p.stdout and "released, spinning 0.3 us | 2 |" in p.stdout
-    for bad_args, message in ((["--threads", "0"], "--threads"), (["--region-us", "-1"], "--region-us")):
-        bad = subprocess.run([sys.executable, FLOOR_SCRIPT, *bad_args], capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2 and message in bad.stderr, (bad_args, bad.stderr)
+    assert_rejected(FLOOR_SCRIPT, ((["--threads", "0"], "--threads"), (["--region-us", "-1"], "--region-us")))

@@ -299,29 +299,10 @@ def test_training_steps_leave_the_lanes_to_readers(single_thread, rng):
     x = rng.standard_normal((1, 100)).astype(np.float32)
     y = np.array([3])
 
-    def run(workers, seconds=0.5):
-        stop = threading.Event()
-        counts = [0] * len(workers)
-
-        def loop(i, call):
-            while not stop.is_set():
-                call()
-                counts[i] += 1
-
-        threads = [threading.Thread(target=loop, args=(i, call)) for i, call in enumerate(workers)]
-        kortexdl.reset_gil_stats()
-        for t in threads:
-            t.start()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join()
-        return counts, kortexdl.gil_stats()["gil_handoff"]
-
     def train():
         net.train_batch(x, y, kortexdl.LossType.CrossEntropy, 1e-4)
 
-    counts, gate = run([train] * 8)
+    counts, gate = run_callers_for(0.5, [train] * 8)
     assert min(counts) > 0, counts
     assert gate["queued"] == 0, gate
     assert np.isfinite(net.get_parameters()).all()
@@ -329,7 +310,7 @@ def test_training_steps_leave_the_lanes_to_readers(single_thread, rng):
     def forward():
         net.forward(x[0])
 
-    counts, gate = run([train] * 4 + [forward] * 8)
+    counts, gate = run_callers_for(0.5, [train] * 4 + [forward] * 8)
     assert min(counts) > 0, counts
     assert gate["queued"] > 0, gate
 
