@@ -233,7 +233,7 @@ def test_gil_bound_callers_share_one_lane(single_thread, rng):
     assert not wrong
     assert gate["gil_bound"] > 0, gate
     assert gate["queued"] > 0, gate
-    assert gate["rotated"] > 0, gate
+    assert gate["rotated"] + gate["expired"] > 0, gate  # turns end, or held-up holders' leases are taken over
     assert min(counts) >= 20, (counts, gate)
 
 
