@@ -190,12 +190,15 @@ void give_up_lane(Gate& g, ThreadLane& me) {
   me.lane = -1;
 }
 
-ThreadLane::~ThreadLane() {
-  if (lane < 0 || return_gate_lanes() == 0) return;
+// give_up_lane for a thread that may hold no lane, taking the mutex only if it does.
+void leave_gate(ThreadLane& me) {
+  if (me.lane < 0 || return_gate_lanes() == 0) return;
   Gate& g = gate();
   std::lock_guard<std::mutex> lock(g.mutex);
-  give_up_lane(g, *this);
+  give_up_lane(g, me);
 }
+
+ThreadLane::~ThreadLane() { leave_gate(*this); }
 
 // After fork() only the forking thread exists: the line and the lanes of the
 // parent's other threads mean nothing in the child, and the mutex may have
@@ -282,13 +285,7 @@ void pass_return_gate(std::int64_t region_ns, std::int64_t held_ns) {
   me.granted = -1;
 }
 
-void leave_return_gate() {
-  ThreadLane& me = this_thread;
-  if (me.lane < 0 || return_gate_lanes() == 0) return;
-  Gate& g = gate();
-  std::lock_guard<std::mutex> lock(g.mutex);
-  give_up_lane(g, me);
-}
+void leave_return_gate() { leave_gate(this_thread); }
 
 ReturnGateCounts return_gate_counts() noexcept {
   return {queued_count.load(std::memory_order_relaxed), rotated_count.load(std::memory_order_relaxed),
