@@ -4,6 +4,7 @@
     .venv/bin/python bench/gil_handoff_ab.py --threads 2 16 --repeat 9 --json out.json
     .venv/bin/python bench/gil_handoff_ab.py --case large/train/1 --budget 0 \
         --library before=/tmp/ab/head --library after=build    # two builds of libkortexdl.so.0
+    .venv/bin/python bench/gil_handoff_ab.py --case 100-200-10/train/1 --threads 2   # other layer sizes
 
 Three variants of the Python bindings, chosen with their environment
 variables (docs/python.md, "Threads"), each in a fresh worker process:
@@ -128,6 +129,17 @@ print(json.dumps({"results": results, "handoff": kortexdl.gil_stats()["gil_hando
 """
 
 
+def layer_sizes(config):
+    """A config name's layer sizes, or those written out (100-200-10), or
+    None."""
+    if config in SIZES:
+        return SIZES[config]
+    parts = config.split("-")
+    if len(parts) < 2 or not all(p.isdigit() and 1 <= int(p) <= 65536 for p in parts):
+        return None
+    return [int(p) for p in parts]
+
+
 def library_variants(parser, texts):
     """--library NAME=DIR arguments as {name: environment}: DIR first on
     LD_LIBRARY_PATH if it holds libkortexdl.so.0, first on PYTHONPATH if it
@@ -172,16 +184,18 @@ def main():
         parser.error("--budget in 0..4096")
     variants = library_variants(parser, args.library) if args.library else VARIANTS
     cases = CASES
+    sizes = dict(SIZES)
     if args.case:
         cases = []
         for text in args.case:
             parts = text.split("/")
-            if (len(parts) != 3 or parts[0] not in SIZES or parts[1] not in ("forward", "evaluate", "train")
+            if (len(parts) != 3 or layer_sizes(parts[0]) is None or parts[1] not in ("forward", "evaluate", "train")
                     or not parts[2].isdigit() or not 1 <= int(parts[2]) <= 4096):
-                parser.error(f"unknown case {text} "
-                             "(config/op/batch: small|medium|large, forward|evaluate|train, 1-4096)")
+                parser.error(f"unknown case {text} (config/op/batch: small|medium|large or layer sizes "
+                             "such as 100-200-10, forward|evaluate|train, 1-4096)")
+            sizes.setdefault(parts[0], layer_sizes(parts[0]))
             cases.append((parts[0], parts[1], int(parts[2])))
-    spec = json.dumps({"cases": cases, "sizes": SIZES, "threads": args.threads, "min_time": args.min_time,
+    spec = json.dumps({"cases": cases, "sizes": sizes, "threads": args.threads, "min_time": args.min_time,
                        "budget": args.budget})
     names = list(variants)
     speedups = {}  # (variant, case, threads) -> [speedup per repeat]

@@ -197,7 +197,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
         s.published_write();
         return static_cast<float>(mean_of(sums));
       };
-      return s.combiner.run(s.guard, operation, work, whole_step);
+      return s.combiner.run(s.guard, operation, work, s.bytes_written_per_step(), whole_step);
     }
     detail::LossSums sums;
     if (lock) {

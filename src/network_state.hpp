@@ -1,12 +1,14 @@
 #pragma once
 // Everything a Network owns, behind the public class's pointer.
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "aligned_buffer.hpp"
 #include "architecture.hpp"
 #include "kortexdl/network.hpp"
+#include "optimizer_update.hpp"
 #include "parallel/access_guard.hpp"
 #include "parallel/affinity.hpp"
 #include "parallel/fork_safety.hpp"
@@ -31,6 +33,13 @@ class NetworkState {
   std::atomic<std::uint64_t> version{0};
   Network::UpdateObserver observer;  // read and written under write access
   ForkRegistration fork_registration{this};  // last: registered once whole
+
+  // What a training step writes: the parameters and the optimizer's state
+  // (from the configuration, fixed at construction: callers read it
+  // without a lock).
+  std::size_t bytes_written_per_step() const {
+    return arch.parameter_count * (1 + optimizer_buffer_count(config.optimizer.kind)) * sizeof(float);
+  }
 
   // Call with write access held: bumps the version and tells the observer.
   void published_write() {

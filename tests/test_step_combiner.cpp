@@ -33,6 +33,10 @@ using kortexdl::NumericalError;
 using kortexdl::detail::AccessGuard;
 using kortexdl::detail::StepCombiner;
 
+// Steps that write more than a combiner hands on: these are combined.
+constexpr std::size_t kHeavyStep = StepCombiner::kMaxHandOnBytes + 1;
+constexpr std::size_t kLightStep = StepCombiner::kMaxHandOnBytes;
+
 void busy_for(std::chrono::microseconds d) {
   const auto end = std::chrono::steady_clock::now() + d;
   while (std::chrono::steady_clock::now() < end) {
@@ -69,7 +73,7 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
           inside.fetch_sub(1);
           return static_cast<float>(t * 1000 + i);
         };
-        if (combiner.run(guard, "step", 1.0, step) != static_cast<float>(t * 1000 + i)) wrong_results.fetch_add(1);
+        if (combiner.run(guard, "step", 1.0, kHeavyStep, step) != static_cast<float>(t * 1000 + i)) wrong_results.fetch_add(1);
       }
     });
   }
@@ -78,6 +82,75 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
   EXPECT_EQ(wrong_results.load(), 0);
   EXPECT_EQ(unguarded_total, static_cast<std::int64_t>(kSteps) * (1 + 2 + 3 + 4));
   EXPECT_GT(combiner.steps_run_for_others(), 0u) << "no step was ever combined";
+}
+
+// Two threads submit light steps; the first one's first step waits until
+// the other is about to submit, so the two overlap. Returns the steps run
+// for the other thread, and the times the role passed between them.
+struct LightRun {
+  std::size_t run_for_others = 0;
+  std::size_t passed_on = 0;
+  int wrong_results = 0;
+};
+
+LightRun run_light_steps(int threads_count) {
+  AccessGuard guard;
+  StepCombiner combiner;
+  constexpr int kSteps = 400;
+  std::atomic<int> submitting{0};
+  std::atomic<int> wrong_results{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < threads_count; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kSteps; ++i) {
+        if (t != 0 && i == 0) submitting.fetch_add(1);
+        auto step = [&] {
+          if (t == 0 && i == 0) {
+            while (submitting.load() < threads_count - 1) std::this_thread::yield();
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          }
+          busy_for(std::chrono::microseconds(20));
+          return static_cast<float>(t * 1000 + i);
+        };
+        if (combiner.run(guard, "step", 1.0, kLightStep, step) != static_cast<float>(t * 1000 + i)) {
+          wrong_results.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return {combiner.steps_run_for_others(), combiner.roles_passed_on(), wrong_results.load()};
+}
+
+TEST(StepCombiner, LightStepsRunOnTheirOwnThreadsWhileTheWaiterPolls) {
+  // No call counts as in flight here, so a waiter polls: the combiner
+  // passes the role to it after its own step instead of running its step.
+  const LightRun run = run_light_steps(2);
+  EXPECT_EQ(run.wrong_results, 0);
+  EXPECT_GT(run.passed_on, 0u) << "the two threads' steps never overlapped";
+  EXPECT_EQ(run.run_for_others, 0u);
+}
+
+TEST(StepCombiner, LightStepsAreCombinedWhenCallsOutnumberTheCpus) {
+  // With more calls in flight than CPUs a waiter yields its CPU, and a role
+  // passed to it would wait for the scheduler: the combiner runs its steps.
+  const std::size_t cpus = kortexdl::detail::allowed_cpus().size();
+  std::atomic<std::size_t> open{0};
+  std::atomic<bool> release{false};
+  std::vector<std::thread> callers;
+  for (std::size_t i = 0; i <= cpus; ++i) {
+    callers.emplace_back([&] {
+      kortexdl::detail::ComputeScope scope(1.0);
+      open.fetch_add(1);
+      while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
+  }
+  while (open.load() <= cpus) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  const LightRun run = run_light_steps(2);
+  release = true;
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(run.wrong_results, 0);
+  EXPECT_GT(run.run_for_others, 0u);
 }
 
 TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
@@ -94,7 +167,7 @@ TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
         throw std::runtime_error("thrower's step");
       };
       try {
-        combiner.run(guard, "step", 1.0, step);
+        combiner.run(guard, "step", 1.0, kHeavyStep, step);
       } catch (const std::runtime_error& e) {
         if (std::string(e.what()) == "thrower's step") thrower_errors.fetch_add(1);
       }
@@ -107,7 +180,7 @@ TEST(StepCombiner, ExceptionsReachTheThreadWhoseStepThrew) {
         return 2.0f;
       };
       try {
-        if (combiner.run(guard, "step", 1.0, step) == 2.0f) worker_results.fetch_add(1);
+        if (combiner.run(guard, "step", 1.0, kHeavyStep, step) == 2.0f) worker_results.fetch_add(1);
       } catch (...) {
         worker_errors.fetch_add(1);
       }
@@ -182,7 +255,7 @@ TEST(StepCombiner, TheTeamOwnerRunsCombinedStepsOnItsTeam) {
         }
         return 0.0f;
       };
-      combiner.run(guard, "step", kWork, step);
+      combiner.run(guard, "step", kWork, kHeavyStep, step);
     }
     if (owner) kortexdl::detail::release_intra_op_team();
   };

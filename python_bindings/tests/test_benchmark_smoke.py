@@ -154,17 +154,19 @@ AB_SCRIPT = os.path.join(REPO, "bench", "gil_handoff_ab.py")
 def test_gil_handoff_ab_runs_every_variant(tmp_path):
     out = tmp_path / "ab.json"
     cmd = [sys.executable, AB_SCRIPT, "--threads", "2", "3", "--repeat", "2", "--min-time", "0.01",
-           "--case", "small/forward/1", "small/evaluate/1", "small/train/1", "--json", str(out)]
+           "--case", "small/forward/1", "small/evaluate/1", "small/train/1", "12-6-3/train/2", "--json", str(out)]
     p = run_ok(cmd, tmp_path)
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["case"], r["threads"]) for r in rows] == [
-        (case, threads) for case in ("small/forward/1", "small/evaluate/1", "small/train/1") for threads in (2, 3)]
+    cases = ("small/forward/1", "small/evaluate/1", "small/train/1", "12-6-3/train/2")
+    assert [(r["case"], r["threads"]) for r in rows] == [(case, threads) for case in cases for threads in (2, 3)]
     for r in rows:
         for variant in ("plain", "poll", "default"):
             assert len(r[variant]) == 2 and all(s > 0 for s in r[variant])
     assert p.stdout.count("| small/") == 6 + 3  # a speedup row per case and thread count, a time row per case
+    assert p.stdout.count("| 12-6-3/train/2 |") == 2 + 1
     assert_rejected(AB_SCRIPT, [(["--case", case], "unknown case")
-                                for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0")])
+                                for case in ("huge/forward/1", "small/forward", "small/train/x", "small/forward/0",
+                                             "100/train/1", "100-0-10/train/1", "100--10/forward/1")])
 
 
 def loaded_library_dir():

@@ -45,15 +45,18 @@ bool StepCombiner::worth_combining(std::size_t rows) {
 }
 
 void StepCombiner::wait_for_turn(Request& own) {
-  const bool spare_cpu = cpu_to_spare();
   const auto until = std::chrono::steady_clock::now() + kPollFor;
   for (unsigned i = 1; !team_running_.load(std::memory_order_relaxed); ++i) {
-    wait_a_little(spare_cpu);
+    wait_a_little(own.polls);
     if (own.state.load(std::memory_order_acquire) != kWaiting) break;
     if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
   }
   std::unique_lock<std::mutex> lock(own.handover);
   own.changed.wait(lock, [&] { return own.state.load(std::memory_order_relaxed) != kWaiting; });
+}
+
+bool StepCombiner::hands_on_to(const Request& next, const Request& own) {
+  return next.polls && own.written_bytes <= kMaxHandOnBytes;
 }
 
 void StepCombiner::park(Request& own) {
@@ -71,8 +74,10 @@ void StepCombiner::set_state(Request& request, int state) {
 void StepCombiner::submit(AccessGuard& guard, Request& own) {
   const bool team_owner = owns_intra_op_team();
   bool combiner = false;
+  const bool polls = cpu_to_spare();
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    own.polls = polls;
     (tail_ != nullptr ? tail_->next : head_) = &own;
     tail_ = &own;
     if (team_owner) owner_queued_ = &own;
@@ -139,7 +144,7 @@ bool StepCombiner::combine(AccessGuard& guard, Request& own) {
         successor = owner_queued_;
         break;
       }
-      if (own_done && after_own >= kStepsAfterOwn) {
+      if (own_done && (after_own >= kStepsAfterOwn || hands_on_to(*head_, own))) {
         successor = head_;  // stays queued: it runs its own step first
         break;
       }
@@ -171,7 +176,10 @@ bool StepCombiner::combine(AccessGuard& guard, Request& own) {
     if (own_done) ++after_own;
     set_state(*request, kDone);
   }
-  if (successor != nullptr) set_state(*successor, kCombine);
+  if (successor != nullptr) {
+    passed_on_.fetch_add(1, std::memory_order_relaxed);
+    set_state(*successor, kCombine);
+  }
   return own_done;
 }
 

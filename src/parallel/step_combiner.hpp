@@ -21,6 +21,10 @@
 // when the line is empty it waits up to 100 us for another caller's next
 // step, which is usually on its way (its return to Python and back), before
 // it leaves.
+// Steps that write little (the parameters and optimizer state of a network
+// like 100-50-10) are the exception: there, moving them to the next
+// thread's core costs less than the combiner's own return to Python, which
+// combining holds up (see kMaxHandOnBytes).
 // The result, or the exception, of a step is delivered to the thread that
 // submitted it. Each step is whole and sees every earlier step's update:
 // the steps are applied one after another, in arrival order.
@@ -72,17 +76,34 @@ class StepCombiner {
   // (0.66-0.73x against 0.75-0.93x at 2 threads).
   static constexpr double kMinTeamStepFlops = 50.0e6;
 
-  // Runs step() (`work` flops) with `guard` held exclusively (locked), on
-  // this thread or on another caller's, and returns its result or rethrows
-  // its exception here. The callers waiting here are parked
-  // (thread_budget.hpp), so a combiner may use the cores they leave idle.
+  // A combiner whose own step is done hands the role to the first in line,
+  // if that thread polls on a CPU of its own (calls do not outnumber the
+  // CPUs) and a step writes at most this many bytes: that thread runs its
+  // own step on its own core while the combiner returns to Python, where
+  // combining would hold the combiner's thread in C++ for the others'
+  // steps and leave only one thread's Python beside the steps. Two Python
+  // threads training at batch 1 (one core per call, medians of 3-5 runs,
+  // docs/BENCHMARKS.md) made, handing on against combining, 1.08-1.15x
+  // against 0.65-0.71x the steps of one thread for 100-50-10 (22 KB of
+  // parameters), 0.90x against 0.80x for 100-100-10 (44 KB), about the
+  // same at 89 KB, and 0.66-0.73x against 0.85-0.92x from 129 KB up
+  // (784-256-128-10, 0.9 MB: 0.59x against 0.91x): past that the
+  // parameters' trip between the cores costs more than the overlap gains.
+  static constexpr std::size_t kMaxHandOnBytes = 64 * 1024;
+
+  // Runs step() (`work` flops, writing `written_bytes` of shared state)
+  // with `guard` held exclusively (locked), on this thread or on another
+  // caller's, and returns its result or rethrows its exception here. The
+  // callers waiting here are parked (thread_budget.hpp), so a combiner may
+  // use the cores they leave idle.
   template <class Step>
-  float run(AccessGuard& guard, const char* operation, double work, Step& step) {
+  float run(AccessGuard& guard, const char* operation, double work, std::size_t written_bytes, Step& step) {
     Request request;
     request.run = [](void* context) { return (*static_cast<Step*>(context))(); };
     request.context = &step;
     request.operation = operation;
     request.work = work;
+    request.written_bytes = written_bytes;
     submit(guard, request);
     if (request.error) std::rethrow_exception(request.error);
     return request.result;
@@ -98,6 +119,8 @@ class StepCombiner {
 
   // Steps run for other threads since creation (diagnostics and tests).
   std::size_t steps_run_for_others() const { return run_for_others_.load(std::memory_order_relaxed); }
+  // Times a combiner passed the role to a thread in line.
+  std::size_t roles_passed_on() const { return passed_on_.load(std::memory_order_relaxed); }
 
  private:
   enum : int { kWaiting = 0, kDone = 1, kCombine = 2 };
@@ -107,6 +130,10 @@ class StepCombiner {
     void* context = nullptr;
     const char* operation = nullptr;
     double work = 0.0;
+    std::size_t written_bytes = 0;
+    // Whether its thread polls while it waits (a CPU to spare), set under
+    // the queue's mutex before the request is linked in.
+    bool polls = false;
     // While queued, the call leaves its share of the budget to the combiner
     // (set and reset by the submitting thread only, before the combiner can
     // see the request and after it is done with it).
@@ -123,6 +150,8 @@ class StepCombiner {
   };
   static void set_state(Request& request, int state);
   static void park(Request& own);
+  // Whether a combiner whose own step `own` is done passes the role to `next`.
+  static bool hands_on_to(const Request& next, const Request& own);
 
   void submit(AccessGuard& guard, Request& own);
   // Runs queued steps; false if it handed the role on before `own` ran.
@@ -139,6 +168,7 @@ class StepCombiner {
   std::atomic<bool> team_running_{false};
   std::atomic<std::size_t> queued_{0};  // polled by a lingering combiner
   std::atomic<std::size_t> run_for_others_{0};
+  std::atomic<std::size_t> passed_on_{0};
 };
 
 }  // namespace kortexdl::detail
