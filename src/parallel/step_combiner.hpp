@@ -82,12 +82,12 @@ class StepCombiner {
   // own step on its own core while the combiner returns to Python, where
   // combining would hold the combiner's thread in C++ for the others'
   // steps and leave only one thread's Python beside the steps. Two Python
-  // threads training at batch 1 (one core per call, medians of 3-5 runs,
-  // docs/BENCHMARKS.md) made, handing on against combining, 1.08-1.15x
-  // against 0.65-0.71x the steps of one thread for 100-50-10 (22 KB of
-  // parameters), 0.90x against 0.80x for 100-100-10 (44 KB), about the
-  // same at 89 KB, and 0.66-0.73x against 0.85-0.92x from 129 KB up
-  // (784-256-128-10, 0.9 MB: 0.59x against 0.91x): past that the
+  // threads training at batch 1 (one core per call, medians of 3-11 runs,
+  // docs/BENCHMARKS.md) made, handing on against combining, 0.95-1.15x
+  // against 0.65-0.90x the steps of one thread for 100-50-10 (22 KB of
+  // parameters), 0.90-1.01x against 0.80-0.93x for 100-100-10 (44 KB),
+  // about the same at 89 KB, and 0.66-0.73x against 0.85-0.92x from 129 KB
+  // up (784-256-128-10, 0.9 MB: 0.59x against 0.91x): past that the
   // parameters' trip between the cores costs more than the overlap gains.
   static constexpr std::size_t kMaxHandOnBytes = 64 * 1024;
 
