@@ -180,7 +180,7 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   const bool gated = lock && detail::StepGate::worth_gating(batch_size, work);
   std::optional<detail::StepGate::Admission> admission;
   if (gated) admission.emplace(s.gate);
-  ComputeScope scope(work);
+  ComputeScope scope(work, detail::CallComputes::maybe);
   const float scale = 1.0f / static_cast<float>(batch_size);
   auto mean_of = [&](const detail::LossSums& sums) { return sums.loss / static_cast<double>(batch_size); };
   // Locked, small steps (and, while calls outnumber the CPUs, those the gate
@@ -189,6 +189,9 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
   // under the shared lock and only the update is exclusive.
   // Unlocked, the whole step is one write.
   const bool combine = lock && !gated && detail::StepCombiner::worth_combining(batch_size);
+  // A combined step may wait for another thread's team: it must not keep
+  // the team owner to one thread.
+  if (!combine) detail::note_computing_call();
   auto step = [&](auto compute_gradients, auto checked_update) {
     if (combine) {
       auto whole_step = [&] {

@@ -243,7 +243,9 @@ TEST(StepCombiner, TheTeamOwnerRunsCombinedStepsOnItsTeam) {
     }
     while (!owner_ready.load()) std::this_thread::yield();
     for (int i = 0; i < kSteps; ++i) {
-      kortexdl::detail::ComputeScope scope(kWork);
+      // As a training step that may be combined (network.cpp): its waiting
+      // must not keep the owner off its team.
+      kortexdl::detail::ComputeScope scope(kWork, kortexdl::detail::CallComputes::maybe);
       auto step = [&] {
         // Long enough that the other thread's next step arrives meanwhile.
         busy_for(std::chrono::microseconds(200));

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -186,6 +187,8 @@ TEST(ThreadBudget, OneThreadAtATimeOwnsTheIntraOpTeam) {
   other.join();
   measured.set_value();
   owner.join();
+  // The other thread's call keeps any owner to one thread for a while.
+  std::this_thread::sleep_for(2 * kortexdl::detail::kTeamQuietWindow);
   std::thread next([] {  // the owner has exited: the team is free again
     kortexdl::detail::ComputeScope scope(1e12);
     EXPECT_EQ(scope.threads(), 2u);
@@ -194,6 +197,57 @@ TEST(ThreadBudget, OneThreadAtATimeOwnsTheIntraOpTeam) {
     EXPECT_FALSE(kortexdl::detail::owns_intra_op_team());
   });
   next.join();
+}
+
+// The owner's team size for a call started now, if it starts within the
+// quiet window after `since`; nullopt if the machine took longer.
+std::optional<std::size_t> owner_team_within_window(std::chrono::steady_clock::time_point since) {
+  kortexdl::detail::ComputeScope scope(1e12);
+  if (std::chrono::steady_clock::now() - since >= kortexdl::detail::kTeamQuietWindow) return std::nullopt;
+  return scope.threads();
+}
+
+TEST(ThreadBudget, TheTeamOwnerKeepsToOneThreadWhileAnotherThreadComputes) {
+  // Threads calling in turn are often between calls when the owner starts
+  // one: a team opened then would share the CPUs with their next calls.
+  ThreadBudget budget(2);
+  kortexdl::detail::release_intra_op_team();
+  {
+    kortexdl::detail::ComputeScope claim(1e12);
+    ASSERT_EQ(claim.threads(), 2u);
+    ASSERT_TRUE(kortexdl::detail::owns_intra_op_team());
+  }
+  auto other_calls = [](kortexdl::detail::CallComputes computes, bool then_computes) {
+    std::thread([&] {
+      kortexdl::detail::ComputeScope scope(1e12, computes);
+      if (then_computes) kortexdl::detail::note_computing_call();
+    }).join();
+  };
+  int checked = 0;
+  for (int attempt = 0; attempt < 50 && checked < 2; ++attempt) {
+    // A call that computes, and one that learns only later that it does
+    // (a training step that was not combined).
+    const bool later = checked == 1;
+    std::this_thread::sleep_for(2 * kortexdl::detail::kTeamQuietWindow);
+    const auto since = std::chrono::steady_clock::now();
+    other_calls(later ? kortexdl::detail::CallComputes::maybe : kortexdl::detail::CallComputes::here, later);
+    if (const auto threads = owner_team_within_window(since)) {
+      EXPECT_EQ(*threads, 1u) << (later ? "after a noted call" : "after a computing call");
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2) << "the machine never let the owner call within the window";
+  // A call that waits for another thread's work (a combined training step)
+  // leaves the team alone, and so does the owner's own computing.
+  std::this_thread::sleep_for(2 * kortexdl::detail::kTeamQuietWindow);
+  other_calls(kortexdl::detail::CallComputes::maybe, false);
+  kortexdl::detail::note_computing_call();
+  EXPECT_EQ(kortexdl::detail::ComputeScope(1e12).threads(), 2u);
+  // After the window the team is back.
+  other_calls(kortexdl::detail::CallComputes::here, false);
+  std::this_thread::sleep_for(2 * kortexdl::detail::kTeamQuietWindow);
+  EXPECT_EQ(kortexdl::detail::ComputeScope(1e12).threads(), 2u);
+  kortexdl::detail::release_intra_op_team();
 }
 
 TEST(ThreadBudget, ForkedChildOfATeamOwnerComputesInsteadOfHanging) {

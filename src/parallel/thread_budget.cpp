@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -103,6 +105,34 @@ struct TeamOwnership {
 };
 thread_local TeamOwnership this_thread_team;
 
+// When a thread other than the team owner last started a computing call
+// (steady-clock nanoseconds), refreshed at most every kStampEvery so that
+// callers seldom write the shared line. Two Python threads call in turn:
+// when the owner starts a call the other is often in Python between two
+// calls, so "calls in flight" says the owner is alone, and a team of two
+// opened then shares the two CPUs with the other's next call (three
+// threads, the team's barrier waiting for whichever lost its CPU). With
+// the default budget, two threads calling 1000-512-256-128-10 at batch 1
+// (forward, evaluate) made 0.85-0.90x the calls of one thread (which uses
+// the team), 1.01-1.04x with the owner keeping to one thread while others
+// compute (docs/BENCHMARKS.md).
+detail::OwnCacheLine<std::atomic<std::int64_t>> other_call_started_ns{};
+constexpr std::int64_t kStampEveryNs = 100'000;
+// The last stamp this thread wrote: a thread that takes the team after
+// calls too small for one must not keep off its own calls.
+thread_local std::int64_t own_stamp_ns = 0;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool other_thread_computed_lately() {
+  const std::int64_t stamp = other_call_started_ns.value.load(std::memory_order_relaxed);
+  const std::int64_t window = std::chrono::duration_cast<std::chrono::nanoseconds>(detail::kTeamQuietWindow).count();
+  return stamp != 0 && stamp != own_stamp_ns && now_ns() - stamp < window;
+}
+
 bool may_use_team() {
   if (this_thread_team.pool_lost_in_fork) return false;
   if (!this_thread_team.owner) {
@@ -164,7 +194,18 @@ std::size_t share_for(double flops) {
 std::size_t team_size_for(double flops) {
   const std::size_t share = share_for(flops);
   const std::size_t threads = budget_chosen().load(std::memory_order_relaxed) ? share : team_left_by_others(share);
-  return threads > 1 && may_use_team() ? threads : 1;
+  return threads > 1 && may_use_team() && !other_thread_computed_lately() ? threads : 1;
+}
+
+void note_computing_call() {
+  // Without an owner (one thread per call, or only small calls so far)
+  // there is no team to keep quiet, and no clock to read.
+  if (this_thread_team.owner || team_owner.load(std::memory_order_relaxed) == nullptr) return;
+  const std::int64_t now = now_ns();
+  if (now - other_call_started_ns.value.load(std::memory_order_relaxed) >= kStampEveryNs) {
+    other_call_started_ns.value.store(now, std::memory_order_relaxed);
+    own_stamp_ns = now;
+  }
 }
 
 bool owns_intra_op_team() { return this_thread_team.owner; }
@@ -184,11 +225,13 @@ TeamScope::~TeamScope() {
   if (previous_ != static_cast<int>(threads_)) omp_set_num_threads(previous_);
 }
 
-ComputeScope::ComputeScope(double flops) {
+ComputeScope::ComputeScope(double flops, CallComputes computes) {
   ensure_alternate_signal_stack();
   in_flight.increment();
   ++in_flight_here;
+  // After the team decision, which may make this thread the owner.
   team_.emplace(team_size_for(flops));
+  if (computes == CallComputes::here) note_computing_call();
 }
 
 ComputeScope::~ComputeScope() {

@@ -1,5 +1,6 @@
 #pragma once
 // Shares the process-wide intra-op thread budget between concurrent calls.
+#include <chrono>
 #include <cstddef>
 #include <optional>
 
@@ -29,13 +30,25 @@ class TeamScope {
   std::optional<AsynchronousSignalsBlocked> signals_held_;
 };
 
+// The intra-op team's owner opens no team for this long after another
+// thread started a call that computes: threads calling in turn are often
+// between two calls at the moment the owner starts one, and a team opened
+// then shares the CPUs with their next calls (thread_budget.cpp).
+inline constexpr std::chrono::microseconds kTeamQuietWindow{1000};
+
+// Whether a call computes on its own thread for sure, or may instead wait
+// while another thread runs its work (a training step that may be
+// combined): such a call tells the team owner only once it knows
+// (note_computing_call).
+enum class CallComputes { here, maybe };
+
 // RAII for one compute call: counts the call as in flight, gives the calling
 // thread's regions its share of the budget (TeamScope) and the thread an
 // alternate signal stack (signal_safety.hpp).
 class ComputeScope {
  public:
   // flops: an estimate of the call's work; small calls run on one thread.
-  explicit ComputeScope(double flops);
+  explicit ComputeScope(double flops, CallComputes computes = CallComputes::here);
   ~ComputeScope();
   ComputeScope(const ComputeScope&) = delete;
   ComputeScope& operator=(const ComputeScope&) = delete;
@@ -56,12 +69,17 @@ class ParkedCall {
   ParkedCall& operator=(const ParkedCall&) = delete;
 };
 
+// Tells the intra-op team's owner that this thread computes now (nothing if
+// it is the owner): the owner keeps to one thread for kTeamQuietWindow.
+void note_computing_call();
+
 // Threads the caller may use for a region of `flops` work right now: its
 // share of the budget among the calls in flight that are not parked.
 std::size_t share_for(double flops);
 // share_for, less the CPUs other processes keep busy (machine_load.hpp)
 // unless the user chose the thread count, and limited to one thread unless
-// this thread owns (or may now take) the intra-op team.
+// this thread owns (or may now take) the intra-op team and no other thread
+// started a computing call within kTeamQuietWindow.
 std::size_t team_size_for(double flops);
 
 // Whether this thread owns the intra-op team (see thread_budget.cpp: one
