@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -84,6 +85,34 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
   EXPECT_GT(combiner.steps_run_for_others(), 0u) << "no step was ever combined";
 }
 
+// One more call in flight than there are CPUs, each on an idle thread, for
+// the object's lifetime.
+class CallsOutnumberingTheCpus {
+ public:
+  CallsOutnumberingTheCpus() {
+    const std::size_t cpus = kortexdl::detail::allowed_cpus().size();
+    for (std::size_t i = 0; i <= cpus; ++i) {
+      callers_.emplace_back([this] {
+        kortexdl::detail::ComputeScope scope(1.0);
+        open_.fetch_add(1);
+        while (!release_.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+      });
+    }
+    while (open_.load() <= cpus) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  ~CallsOutnumberingTheCpus() {
+    release_ = true;
+    for (auto& t : callers_) t.join();
+  }
+  CallsOutnumberingTheCpus(const CallsOutnumberingTheCpus&) = delete;
+  CallsOutnumberingTheCpus& operator=(const CallsOutnumberingTheCpus&) = delete;
+
+ private:
+  std::atomic<std::size_t> open_{0};
+  std::atomic<bool> release_{false};
+  std::vector<std::thread> callers_;
+};
+
 // Two threads submit light steps; the first one's first step waits until
 // the other is about to submit, so the two overlap. Returns the steps run
 // for the other thread, and the times the role passed between them.
@@ -134,21 +163,9 @@ TEST(StepCombiner, LightStepsRunOnTheirOwnThreadsWhileTheWaiterPolls) {
 TEST(StepCombiner, LightStepsAreCombinedWhenCallsOutnumberTheCpus) {
   // With more calls in flight than CPUs a waiter yields its CPU, and a role
   // passed to it would wait for the scheduler: the combiner runs its steps.
-  const std::size_t cpus = kortexdl::detail::allowed_cpus().size();
-  std::atomic<std::size_t> open{0};
-  std::atomic<bool> release{false};
-  std::vector<std::thread> callers;
-  for (std::size_t i = 0; i <= cpus; ++i) {
-    callers.emplace_back([&] {
-      kortexdl::detail::ComputeScope scope(1.0);
-      open.fetch_add(1);
-      while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    });
-  }
-  while (open.load() <= cpus) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  std::optional<CallsOutnumberingTheCpus> crowd(std::in_place);
   const LightRun run = run_light_steps(2);
-  release = true;
-  for (auto& t : callers) t.join();
+  crowd.reset();
   EXPECT_EQ(run.wrong_results, 0);
   EXPECT_GT(run.run_for_others, 0u);
 }
@@ -198,21 +215,9 @@ TEST(StepCombiner, SmallStepsAlwaysCombineLargerOnesWhenCallsOutnumberCpus) {
   EXPECT_TRUE(StepCombiner::worth_combining(StepCombiner::kMaxRows));
   ASSERT_EQ(kortexdl::calls_in_flight(), 0u);
   EXPECT_FALSE(StepCombiner::worth_combining(StepCombiner::kMaxRows + 1));
-  const std::size_t cpus = kortexdl::detail::allowed_cpus().size();
-  std::atomic<std::size_t> open{0};
-  std::atomic<bool> release{false};
-  std::vector<std::thread> callers;
-  for (std::size_t i = 0; i <= cpus; ++i) {
-    callers.emplace_back([&] {
-      kortexdl::detail::ComputeScope scope(1.0);
-      open.fetch_add(1);
-      while (!release.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    });
-  }
-  while (open.load() <= cpus) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  std::optional<CallsOutnumberingTheCpus> crowd(std::in_place);
   EXPECT_TRUE(StepCombiner::worth_combining(32));
-  release = true;
-  for (auto& t : callers) t.join();
+  crowd.reset();
   EXPECT_FALSE(StepCombiner::worth_combining(32));
 }
 

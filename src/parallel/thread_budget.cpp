@@ -106,7 +106,7 @@ struct TeamOwnership {
 thread_local TeamOwnership this_thread_team;
 
 // When a thread other than the team owner last started a computing call
-// (steady-clock nanoseconds), refreshed at most every kStampEvery so that
+// (steady-clock nanoseconds), refreshed at most every kStampEveryNs so that
 // callers seldom write the shared line. Two Python threads call in turn:
 // when the owner starts a call the other is often in Python between two
 // calls, so "calls in flight" says the owner is alone, and a team of two
