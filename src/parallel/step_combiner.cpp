@@ -1,6 +1,8 @@
 #include "parallel/step_combiner.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <optional>
 
 #include <sched.h>
@@ -38,6 +40,35 @@ void wait_a_little(bool spare_cpu) {
 
 bool cpu_to_spare() { return calls_in_flight() <= allowed_cpu_count(); }
 
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// How long this thread spends away from the combiner between two of its
+// steps (its caller's own work: Python, the next batch), as a running
+// average. Samples count at most 4x the threshold the average is compared
+// with: a thread preempted between two steps of a tight loop must not
+// look like one with work of its own for the next twenty steps.
+struct TimeBetweenSteps {
+  static constexpr std::int64_t kCapNs = 4 * StepCombiner::kMinTimeBetweenStepsNs;
+  std::int64_t left_at_ns = 0;
+  std::int64_t average_ns = 0;
+  bool sampled = false;
+
+  void arrived(std::int64_t now) {
+    if (left_at_ns == 0) return;
+    const std::int64_t sample = std::min(now - left_at_ns, kCapNs);
+    average_ns = sampled ? average_ns + (sample - average_ns) / 8 : sample;
+    sampled = true;
+  }
+};
+thread_local TimeBetweenSteps between_steps;
+
+struct LeavesTheCombiner {
+  ~LeavesTheCombiner() { between_steps.left_at_ns = now_ns(); }
+};
+
 }  // namespace
 
 bool StepCombiner::worth_combining(std::size_t rows) {
@@ -56,7 +87,7 @@ void StepCombiner::wait_for_turn(Request& own) {
 }
 
 bool StepCombiner::hands_on_to(const Request& next, const Request& own) {
-  return next.polls && own.written_bytes <= kMaxHandOnBytes;
+  return next.polls && own.written_bytes <= kMaxHandOnBytes && own.time_between_steps_ns >= kMinTimeBetweenStepsNs;
 }
 
 void StepCombiner::park(Request& own) {
@@ -75,6 +106,9 @@ void StepCombiner::submit(AccessGuard& guard, Request& own) {
   const bool team_owner = owns_intra_op_team();
   bool combiner = false;
   const bool polls = cpu_to_spare();
+  between_steps.arrived(now_ns());
+  own.time_between_steps_ns = between_steps.average_ns;
+  const LeavesTheCombiner leaves;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     own.polls = polls;

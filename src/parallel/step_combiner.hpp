@@ -31,6 +31,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <optional>
@@ -90,6 +91,15 @@ class StepCombiner {
   // up (784-256-128-10, 0.9 MB: 0.59x against 0.91x): past that the
   // parameters' trip between the cores costs more than the overlap gains.
   static constexpr std::size_t kMaxHandOnBytes = 64 * 1024;
+  // ... and if the combiner's thread spends at least this long away from
+  // the combiner between two of its steps, on average: that time is what
+  // passing the role on overlaps. Threads that submit their next step at
+  // once (a C++ training loop) gain nothing and pay the parameters' trip:
+  // two such threads made 115-143k steps/s of 100-50-10 at batch 1 passing
+  // the role on, 125-173k combined and 159-194k with this rule (medians of
+  // 3, `shared/train/small/1/threads:2` of kortexdl_bench, 4 alternating
+  // rounds), while Python threads spend 2-3 us between steps.
+  static constexpr std::int64_t kMinTimeBetweenStepsNs = 1000;
 
   // Runs step() (`work` flops, writing `written_bytes` of shared state)
   // with `guard` held exclusively (locked), on this thread or on another
@@ -131,6 +141,8 @@ class StepCombiner {
     const char* operation = nullptr;
     double work = 0.0;
     std::size_t written_bytes = 0;
+    // Its thread's average time away from the combiner between steps.
+    std::int64_t time_between_steps_ns = 0;
     // Whether its thread polls while it waits (a CPU to spare), set under
     // the queue's mutex before the request is linked in.
     bool polls = false;
