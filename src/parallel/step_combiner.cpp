@@ -13,6 +13,7 @@
 
 #include "kortexdl/threading.hpp"
 #include "parallel/affinity.hpp"
+#include "parallel/steady_clock.hpp"
 #include "parallel/thread_budget.hpp"
 
 namespace kortexdl::detail {
@@ -40,11 +41,6 @@ void wait_a_little(bool spare_cpu) {
 
 bool cpu_to_spare() { return calls_in_flight() <= allowed_cpu_count(); }
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // How long this thread spends away from the combiner between two of its
 // steps (its caller's own work: Python, the next batch), as a running
 // average. Samples count at most 4x the threshold the average is compared
@@ -66,7 +62,7 @@ struct TimeBetweenSteps {
 thread_local TimeBetweenSteps between_steps;
 
 struct LeavesTheCombiner {
-  ~LeavesTheCombiner() { between_steps.left_at_ns = now_ns(); }
+  ~LeavesTheCombiner() { between_steps.left_at_ns = steady_now_ns(); }
 };
 
 }  // namespace
@@ -106,7 +102,7 @@ void StepCombiner::submit(AccessGuard& guard, Request& own) {
   const bool team_owner = owns_intra_op_team();
   bool combiner = false;
   const bool polls = cpu_to_spare();
-  between_steps.arrived(now_ns());
+  between_steps.arrived(steady_now_ns());
   own.time_between_steps_ns = between_steps.average_ns;
   const LeavesTheCombiner leaves;
   {

@@ -16,6 +16,7 @@
 #include "parallel/cache_line.hpp"
 #include "parallel/machine_load.hpp"
 #include "parallel/sharded_count.hpp"
+#include "parallel/steady_clock.hpp"
 
 namespace kortexdl {
 namespace {
@@ -122,15 +123,10 @@ constexpr std::int64_t kStampEveryNs = 100'000;
 // calls too small for one must not keep off its own calls.
 thread_local std::int64_t own_stamp_ns = 0;
 
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 bool other_thread_computed_lately() {
   const std::int64_t stamp = other_call_started_ns.value.load(std::memory_order_relaxed);
   const std::int64_t window = std::chrono::duration_cast<std::chrono::nanoseconds>(detail::kTeamQuietWindow).count();
-  return stamp != 0 && stamp != own_stamp_ns && now_ns() - stamp < window;
+  return stamp != 0 && stamp != own_stamp_ns && detail::steady_now_ns() - stamp < window;
 }
 
 bool may_use_team() {
@@ -201,7 +197,7 @@ void note_computing_call() {
   // Without an owner (one thread per call, or only small calls so far)
   // there is no team to keep quiet, and no clock to read.
   if (this_thread_team.owner || team_owner.load(std::memory_order_relaxed) == nullptr) return;
-  const std::int64_t now = now_ns();
+  const std::int64_t now = detail::steady_now_ns();
   if (now - other_call_started_ns.value.load(std::memory_order_relaxed) >= kStampEveryNs) {
     other_call_started_ns.value.store(now, std::memory_order_relaxed);
     own_stamp_ns = now;
