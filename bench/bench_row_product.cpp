@@ -8,6 +8,9 @@
 // Names: {forward|backward}/<inputs>x<outputs>/{kernel|library}/threads:N;
 // forward is one row times the layer's inputs x outputs weights, backward
 // one delta row times them transposed (training at batch 1).
+// rows/<inputs>x<outputs>/<m>/{kernel|library}: m rows times the weights,
+// one thread (rows_times_matrix: concurrent one-row forward calls computed
+// together, parallel/forward_batcher.hpp); items are rows.
 #include <benchmark/benchmark.h>
 #include <omp.h>
 
@@ -54,6 +57,25 @@ void product(benchmark::State& state, Layer layer, bool backward, bool kernel) {
   state.SetItemsProcessed(state.iterations());
 }
 
+void rows_product(benchmark::State& state, Layer layer, std::size_t m, bool kernel) {
+  omp_set_num_threads(1);
+  const AlignedFloats weights(layer.inputs * layer.outputs, 1);
+  const AlignedFloats rows(m * layer.inputs, 2);
+  AlignedFloats out(m * layer.outputs);
+  for (auto _ : state) {
+    if (kernel) {
+      kortexdl::backend::rows_times_matrix(m, layer.outputs, layer.inputs, 1.0f, rows.get(), layer.inputs,
+                                           weights.get(), layer.outputs, 0.0f, out.get(), layer.outputs);
+    } else {
+      kortexdl::backend::library_sgemm(false, false, m, layer.outputs, layer.inputs, 1.0f, rows.get(), layer.inputs,
+                                       weights.get(), layer.outputs, 0.0f, out.get(), layer.outputs);
+    }
+    benchmark::DoNotOptimize(out.get());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(m));
+}
+
 void register_all() {
   if (!kortexdl::backend::row_kernels_available()) return;  // nothing to compare without AVX-512
   for (const Layer& layer : kLayers) {
@@ -66,6 +88,13 @@ void register_all() {
             ->Threads(2)
             ->UseRealTime()
             ->MinTime(0.05);
+      }
+    }
+    for (const std::size_t m : {1, 2, 4, 8, 16}) {
+      for (const bool kernel : {true, false}) {
+        const std::string name = "rows/" + std::to_string(layer.inputs) + "x" + std::to_string(layer.outputs) + "/" +
+                                 std::to_string(m) + (kernel ? "/kernel" : "/library");
+        benchmark::RegisterBenchmark(name.c_str(), rows_product, layer, m, kernel)->UseRealTime()->MinTime(0.05);
       }
     }
   }

@@ -6,11 +6,13 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/gemm.hpp"
@@ -21,6 +23,7 @@ namespace {
 
 using kortexdl::backend::row_kernels_available;
 using kortexdl::backend::row_times_matrix;
+using kortexdl::backend::rows_times_matrix;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kSentinel = -12345.0f;
@@ -105,6 +108,53 @@ TEST(RowProduct, MatchesTheExactProductAroundEveryBoundary) {
       }
     }
   }
+}
+
+// Several rows at once (concurrent one-row calls computed together): every
+// row of Y must come out exactly as that row alone, whatever the number of
+// rows, and nothing outside the m x n block of Y may be written.
+TEST(RowProduct, SeveralRowsGiveEachRowsOneRowResultBitForBit) {
+  if (!row_kernels_available()) GTEST_SKIP() << "no AVX-512 here: sgemm uses the library for every shape";
+  const std::size_t widths[] = {1, 5, 16, 17, 63, 64, 65, 130, 256, 513};
+  const std::size_t depths[] = {0, 1, 3, 17, 100, 784};
+  std::uint32_t seed = 1000;
+  for (const std::size_t n : widths) {
+    for (const std::size_t k : depths) {
+      for (const std::size_t m : {1, 2, 3, 4, 5, 7, 8, 9, 16}) {
+        for (const auto& [alpha, beta] : {std::pair<float, float>{1.0f, 0.0f}, {-0.5f, 1.0f}}) {
+          const std::string shape = "m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" +
+                                    std::to_string(k) + " alpha=" + std::to_string(alpha);
+          const Matrix b(k, n, 3, seed++);
+          const std::size_t ldx = k + 2;
+          const std::size_t ldy = n + 5;
+          std::vector<float> x = kortex_test::normal_floats(m * ldx, seed++);
+          std::vector<float> y_before = kortex_test::normal_floats(m * ldy, seed++);
+          for (std::size_t r = 0; r < m; ++r) {
+            for (std::size_t j = n; j < ldy; ++j) y_before[r * ldy + j] = kSentinel;
+          }
+          if (beta == 0.0f) {
+            for (std::size_t r = 0; r < m; ++r) std::fill_n(y_before.begin() + r * ldy, n, kNaN);
+          }
+          std::vector<float> y = y_before;
+          ASSERT_TRUE(rows_times_matrix(m, n, k, alpha, x.data(), ldx, b.values.data(), b.ldb, beta, y.data(), ldy))
+              << shape;
+          for (std::size_t r = 0; r < m; ++r) {
+            std::vector<float> alone(y_before.begin() + r * ldy, y_before.begin() + r * ldy + n);
+            ASSERT_TRUE(row_times_matrix(false, n, k, alpha, x.data() + r * ldx, b.values.data(), b.ldb, beta,
+                                         alone.data()));
+            const std::vector<float> together(y.begin() + r * ldy, y.begin() + r * ldy + n);
+            ASSERT_TRUE(kortex_test::BitwiseEqual(together, alone)) << shape << " row " << r;
+            for (std::size_t j = n; j < ldy; ++j) ASSERT_EQ(y[r * ldy + j], kSentinel) << shape << ": wrote past a row";
+          }
+        }
+      }
+    }
+  }
+  std::vector<float> y(2, 7.0f);
+  const std::vector<float> one(4, 1.0f);
+  EXPECT_FALSE(rows_times_matrix(2, 1, 2, 0.0f, one.data(), 2, one.data(), 1, 1.0f, y.data(), 1))
+      << "alpha = 0 is the library's to handle";
+  EXPECT_EQ(y, (std::vector<float>{7.0f, 7.0f}));
 }
 
 TEST(RowProduct, DeclinesWithoutAVX512OrWithAZeroAlpha) {

@@ -24,6 +24,15 @@ namespace kortexdl::backend {
 bool row_times_matrix(bool transpose_b, std::size_t n, std::size_t k, float alpha, const float* x, const float* b,
                       std::size_t ldb, float beta, float* y);
 
+// Y = alpha * X * B + beta * Y for m rows of X (leading dimension ldx) and Y
+// (ldy), B k x n row-major: every row of Y comes out bit for bit as
+// row_times_matrix(false, ...) gives it for that row alone, with each row of
+// B read once for up to four rows of X (concurrent one-row calls computed
+// together, parallel/forward_batcher.hpp). Returns false, having done
+// nothing, where row_times_matrix would.
+bool rows_times_matrix(std::size_t m, std::size_t n, std::size_t k, float alpha, const float* x, std::size_t ldx,
+                       const float* b, std::size_t ldb, float beta, float* y, std::size_t ldy);
+
 // Whether row_times_matrix computes on this CPU (AVX-512F, probed once).
 bool row_kernels_available();
 
