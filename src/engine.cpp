@@ -10,6 +10,7 @@
 
 #include "backend/gemm.hpp"
 #include "backend/kernels.hpp"
+#include "backend/row_product.hpp"
 #include "checked_math.hpp"
 #include "workspace.hpp"
 
@@ -93,6 +94,31 @@ void forward_rows(const Architecture& arch, const float* params, const float* in
   const LayerLayout& out = arch.layers.back();
   dense(out, params, last_hidden, rows, outputs);
   backend::bias_activation(arch.output_activation, outputs, params + out.biases_offset, rows, out.outputs, nullptr);
+}
+
+bool rows_compute_as_alone() {
+  return backend::library_matches_row_kernels() && backend::row_kernels_available();
+}
+
+bool forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                           float* outputs) {
+  if (!rows_compute_as_alone()) return false;
+  const std::size_t hidden = arch.layers.size() > 1 ? scratch_rows(rows, arch.max_width) : 0;
+  auto lease = Workspace::local().acquire(2 * Workspace::padded_floats(hidden));
+  float* ping = lease.take(hidden);
+  float* pong = lease.take(hidden);
+  const float* current = inputs;
+  for (std::size_t l = 0; l < arch.layers.size(); ++l) {
+    const LayerLayout& layer = arch.layers[l];
+    const bool last = l + 1 == arch.layers.size();
+    float* next = last ? outputs : (current == ping ? pong : ping);
+    backend::rows_times_matrix(rows, layer.outputs, layer.inputs, 1.0f, current, layer.inputs,
+                               params + layer.weights_offset, layer.outputs, 0.0f, next, layer.outputs);
+    backend::bias_activation(last ? arch.output_activation : arch.hidden_activation, next,
+                             params + layer.biases_offset, rows, layer.outputs, nullptr);
+    current = next;
+  }
+  return true;
 }
 
 LossSums loss_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,

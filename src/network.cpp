@@ -90,8 +90,23 @@ void forward_impl(NetworkState& s, std::span<const float> inputs, std::size_t ba
                   bool lock, const char* operation) {
   detail::check_inputs_exact(inputs, batch_size, s.arch.inputs());
   detail::check_outputs(outputs, batch_size, s.arch.outputs());
+  const double work = s.arch.forward_work(batch_size);
+  if (batch_size == 1 && lock && s.batcher.takes(work)) {
+    ComputeScope scope(work);
+    auto compute = [&](const float* rows_in, std::size_t rows, float* rows_out) {
+      AccessGuard::Read access(s.guard, true, operation);
+      if (!detail::forward_rows_as_alone(s.arch, s.params.data(), rows_in, rows, rows_out)) {
+        for (std::size_t r = 0; r < rows; ++r) {  // unreachable while takes() holds; never leaves rows unwritten
+          detail::forward_rows(s.arch, s.params.data(), rows_in + r * s.arch.inputs(), 1,
+                               rows_out + r * s.arch.outputs());
+        }
+      }
+    };
+    s.batcher.run(inputs.data(), s.arch.inputs(), outputs.data(), s.arch.outputs(), compute);
+    return;
+  }
   AccessGuard::Read access(s.guard, lock, operation);
-  ComputeScope scope(s.arch.forward_work(batch_size));
+  ComputeScope scope(work);
   detail::forward_rows_split(s.arch, s.params.data(), inputs.data(), batch_size, outputs.data());
 }
 

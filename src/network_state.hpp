@@ -12,6 +12,7 @@
 #include "parallel/access_guard.hpp"
 #include "parallel/affinity.hpp"
 #include "parallel/fork_safety.hpp"
+#include "parallel/forward_batcher.hpp"
 #include "parallel/step_combiner.hpp"
 #include "parallel/step_gate.hpp"
 
@@ -30,6 +31,7 @@ class NetworkState {
   mutable AccessGuard guard;
   StepCombiner combiner;  // locked small training steps (parallel/step_combiner.hpp)
   StepGate gate{allowed_cpu_count()};  // locked large training steps (parallel/step_gate.hpp)
+  ForwardBatcher batcher{allowed_cpu_count()};  // concurrent one-row forward calls (parallel/forward_batcher.hpp)
   std::atomic<std::uint64_t> version{0};
   Network::UpdateObserver observer;  // read and written under write access
   ForkRegistration fork_registration{this};  // last: registered once whole

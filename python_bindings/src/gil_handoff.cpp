@@ -100,7 +100,9 @@ ReleasedGil::ReleasedGil(ReturnGate gate) noexcept : gate_(gate) {
 
 ReleasedGil::~ReleasedGil() {
   const Clock::time_point ended = work_ended_at_ != Clock::time_point{} ? work_ended_at_ : Clock::now();
-  if (gate_ == ReturnGate::pass) {
+  // A one-row forward computed with other threads' rows returns with them,
+  // after a wait in C++: like a training step, it takes no lane.
+  if (gate_ == ReturnGate::pass && !last_call_joined_a_batch()) {
     pass_return_gate(std::chrono::duration_cast<std::chrono::nanoseconds>(ended - released_at_).count(), held_ns_);
   } else {
     leave_return_gate();

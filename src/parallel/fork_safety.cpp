@@ -28,6 +28,7 @@ void after_fork_in_parent() { registry_mutex().unlock(); }
 
 void after_fork_in_child() {
   count_only_this_threads_contention_after_fork();
+  for (NetworkState* state : registry()) state->batcher.stop_after_fork();
   if (!this_thread_holds_a_network()) {
     for (NetworkState* state : registry()) {
       const bool steps_in_flight = !state->combiner.idle_in_forked_child() || !state->gate.idle_in_forked_child();

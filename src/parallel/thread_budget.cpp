@@ -71,6 +71,9 @@ detail::OwnCacheLine<std::atomic<std::size_t>> parked;
 // This thread's calls in flight (nested calls from an update observer count
 // too): what a forked child, where only this thread lives on, has in flight.
 thread_local std::size_t in_flight_here = 0;
+// Whether this thread's latest computing call went through the line of
+// one-row forward calls (forward_batcher.hpp).
+thread_local bool call_joined_a_batch = false;
 
 // libgomp gives every thread that opens a parallel region a pool of worker
 // threads of its own, kept until that thread exits. Once the pools together
@@ -174,6 +177,8 @@ std::size_t get_num_threads() { return budget().load(); }
 
 std::size_t calls_in_flight() { return in_flight.sum(); }
 
+bool last_call_joined_a_batch() { return call_joined_a_batch; }
+
 namespace detail {
 
 std::size_t share_for(double flops) {
@@ -222,6 +227,7 @@ TeamScope::~TeamScope() {
 }
 
 ComputeScope::ComputeScope(double flops, CallComputes computes) {
+  call_joined_a_batch = false;
   ensure_alternate_signal_stack();
   in_flight.increment();
   ++in_flight_here;
@@ -235,6 +241,8 @@ ComputeScope::~ComputeScope() {
   --in_flight_here;
   in_flight.decrement();
 }
+
+void note_joined_a_batch() { call_joined_a_batch = true; }
 
 ParkedCall::ParkedCall() { parked.value.fetch_add(1, std::memory_order_relaxed); }
 

@@ -69,6 +69,11 @@ class ParkedCall {
   ParkedCall& operator=(const ParkedCall&) = delete;
 };
 
+// Records, for kortexdl::last_call_joined_a_batch(), that the calling
+// thread's current call went through the line of one-row forward calls
+// (forward_batcher.hpp). Every ComputeScope clears it.
+void note_joined_a_batch();
+
 // Tells the intra-op team's owner that this thread computes now (nothing if
 // it is the owner): the owner keeps to one thread for kTeamQuietWindow.
 void note_computing_call();
