@@ -85,16 +85,26 @@ constexpr std::array<ColumnsBlock, sizeof...(Less)> columns_blocks(std::integer_
   return {&columns_block<Less + 1>...};
 }
 
+// Calls block(j, vectors, last) for n columns in blocks of at most
+// max_vectors vectors: columns [j, j + 16 * vectors), the last vector
+// limited to `last`'s lanes.
+template <class Block>
+KORTEX_AVX512 inline __attribute__((always_inline)) void for_column_blocks(std::size_t n, std::size_t max_vectors,
+                                                                           Block&& block) {
+  const std::size_t block_columns = kLanes * max_vectors;
+  for (std::size_t j = 0; j < n; j += block_columns) {
+    const std::size_t columns = std::min(block_columns, n - j);
+    const std::size_t vectors = (columns + kLanes - 1) / kLanes;
+    block(j, vectors, first_lanes(columns - kLanes * (vectors - 1)));
+  }
+}
+
 KORTEX_AVX512 void row_times_columns(std::size_t n, std::size_t k, float alpha, const float* x, const float* b,
                                      std::size_t ldb, float beta, float* y) {
   static constexpr auto blocks = columns_blocks(std::make_integer_sequence<int, kMaxVectors>{});
-  constexpr std::size_t kBlockColumns = kLanes * kMaxVectors;
-  for (std::size_t j = 0; j < n; j += kBlockColumns) {
-    const std::size_t columns = std::min(kBlockColumns, n - j);
-    const std::size_t vectors = (columns + kLanes - 1) / kLanes;
-    const __mmask16 last = first_lanes(columns - kLanes * (vectors - 1));
+  for_column_blocks(n, kMaxVectors, [&](std::size_t j, std::size_t vectors, __mmask16 last) {
     blocks[vectors - 1](k, x, b + j, ldb, last, alpha, beta, y + j);
-  }
+  });
 }
 
 // columns_block for R rows of x at once: each column of each row adds its
@@ -166,6 +176,15 @@ using RowsColumns = void (*)(std::size_t, std::size_t, float, const float*, std:
 template <int... Less>
 constexpr std::array<RowsColumns, sizeof...(Less)> rows_columns_table(std::integer_sequence<int, Less...>) {
   return {&rows_columns<Less + 1>...};
+}
+
+KORTEX_AVX512 void rows_times_columns(std::size_t m, std::size_t n, std::size_t k, float alpha, const float* x,
+                                      std::size_t ldx, const float* b, std::size_t ldb, float beta, float* y,
+                                      std::size_t ldy) {
+  static constexpr auto blocks = rows_columns_table(std::make_integer_sequence<int, kVectorsPerPass>{});
+  for_column_blocks(n, kVectorsPerPass, [&](std::size_t j, std::size_t vectors, __mmask16 last) {
+    blocks[vectors - 1](m, k, alpha, x, ldx, b + j, ldb, last, beta, y + j, ldy);
+  });
 }
 
 // acc[r]: the lane-wise partial sums of x . B[r, 0:k), for R rows of B
@@ -248,14 +267,7 @@ bool row_times_matrix(bool transpose_b, std::size_t n, std::size_t k, float alph
 bool rows_times_matrix(std::size_t m, std::size_t n, std::size_t k, float alpha, const float* x, std::size_t ldx,
                        const float* b, std::size_t ldb, float beta, float* y, std::size_t ldy) {
   if (alpha == 0.0f || !row_kernels_available()) return false;
-  static constexpr auto blocks = rows_columns_table(std::make_integer_sequence<int, kVectorsPerPass>{});
-  constexpr std::size_t kBlockColumns = kLanes * kVectorsPerPass;
-  for (std::size_t j = 0; j < n; j += kBlockColumns) {
-    const std::size_t columns = std::min(kBlockColumns, n - j);
-    const std::size_t vectors = (columns + kLanes - 1) / kLanes;
-    const __mmask16 last = first_lanes(columns - kLanes * (vectors - 1));
-    blocks[vectors - 1](m, k, alpha, x, ldx, b + j, ldb, last, beta, y + j, ldy);
-  }
+  rows_times_columns(m, n, k, alpha, x, ldx, b, ldb, beta, y, ldy);
   return true;
 }
 
