@@ -150,7 +150,7 @@ TEST(ForwardBatcher, AFailedBatchThrowsToItsCallersAndTheLineGoesOn) {
         if (std::string(e.what()) == "batch failed on purpose") failed.fetch_add(1);
       }
       ready.fetch_add(1);
-      while (ready.load() < kThreads) std::this_thread::yield();
+      while (fail.load()) std::this_thread::yield();  // until every first call has failed
       // Every call after the failure must succeed: no leader count or line
       // entry left behind by the failed batches.
       for (int c = 0; c < 20; ++c) {
