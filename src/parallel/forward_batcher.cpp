@@ -21,12 +21,6 @@ bool ForwardBatcher::takes(double work) const {
          !this_thread_holds_a_network() && rows_compute_as_alone();
 }
 
-void ForwardBatcher::set_state(Request& request, int state) {
-  std::lock_guard<std::mutex> lock(request.handover);
-  request.state.store(state, std::memory_order_release);
-  request.changed.notify_one();
-}
-
 ForwardBatcher::Request* ForwardBatcher::pop() {
   Request* request = head_;
   head_ = request->next;
@@ -49,9 +43,7 @@ void ForwardBatcher::submit(Request& own, const Batch& batch) {
   if (!leads) {
     // Calls fill the CPUs here, so the waiter sleeps rather than take a core
     // from a leader.
-    std::unique_lock<std::mutex> lock(own.handover);
-    own.changed.wait(lock, [&] { return own.state.load(std::memory_order_relaxed) != kQueued; });
-    if (own.state.load(std::memory_order_relaxed) == kDone) return;
+    if (own.state.wait_while(kQueued) == kDone) return;
   }
   lead(own, batch);  // its own row first
 }
@@ -78,12 +70,12 @@ void ForwardBatcher::lead(Request& own, const Batch& batch) {
       }
     }
     if (successor != nullptr) {
-      set_state(*successor, kLead);
+      successor->state.set(kLead);
       return;
     }
     compute(requests, count, batch);
     for (std::size_t i = 0; i < count; ++i) {
-      if (requests[i] != &own) set_state(*requests[i], kDone);
+      if (requests[i] != &own) requests[i]->state.set(kDone);
     }
     if (own_done) ++after_own;
     own_done = true;

@@ -18,11 +18,11 @@
 // bounded time. Measured: docs/BENCHMARKS.md, "one-row forward calls
 // computed together".
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <exception>
 #include <mutex>
 
+#include "parallel/hand_over.hpp"
 #include "parallel/thread_budget.hpp"
 
 namespace kortexdl::detail {
@@ -81,11 +81,7 @@ class ForwardBatcher {
     const float* input = nullptr;
     float* output = nullptr;
     std::exception_ptr error;
-    // Written under `handover`, so that a waiter that took it after seeing
-    // kDone knows the leader is done with this request (on its stack).
-    std::atomic<int> state{kQueued};
-    std::mutex handover;
-    std::condition_variable changed;
+    HandOver state{kQueued};
     Request* next = nullptr;
   };
 
@@ -100,7 +96,6 @@ class ForwardBatcher {
   void submit(Request& own, const Batch& batch);
   void lead(Request& own, const Batch& batch);
   void compute(Request* const* requests, std::size_t count, const Batch& batch);
-  static void set_state(Request& request, int state);
   Request* pop();
 
   const std::size_t max_leaders_;

@@ -75,11 +75,10 @@ void StepCombiner::wait_for_turn(Request& own) {
   const auto until = std::chrono::steady_clock::now() + kPollFor;
   for (unsigned i = 1; !team_running_.load(std::memory_order_relaxed); ++i) {
     wait_a_little(own.polls);
-    if (own.state.load(std::memory_order_acquire) != kWaiting) break;
+    if (own.state.peek() != kWaiting) break;
     if (i % 32 == 0 && std::chrono::steady_clock::now() > until) break;
   }
-  std::unique_lock<std::mutex> lock(own.handover);
-  own.changed.wait(lock, [&] { return own.state.load(std::memory_order_relaxed) != kWaiting; });
+  own.state.wait_while(kWaiting);
 }
 
 bool StepCombiner::hands_on_to(const Request& next, const Request& own) {
@@ -90,12 +89,6 @@ void StepCombiner::park(Request& own) {
   // Only for steps worth a team: for shorter ones the combiner's team would
   // only start while this waiter polls.
   if (own.work >= kMinTeamStepFlops) own.parked.emplace();
-}
-
-void StepCombiner::set_state(Request& request, int state) {
-  std::lock_guard<std::mutex> lock(request.handover);
-  request.state.store(state, std::memory_order_release);
-  request.changed.notify_one();
 }
 
 void StepCombiner::submit(AccessGuard& guard, Request& own) {
@@ -122,7 +115,7 @@ void StepCombiner::submit(AccessGuard& guard, Request& own) {
     if (!combiner) {
       wait_for_turn(own);
       own.parked.reset();
-      if (own.state.load(std::memory_order_acquire) == kDone) return;
+      if (own.state.peek() == kDone) return;
     }
     if (combine(guard, own)) return;
     combiner = false;  // handed the role to the team owner before its own step ran
@@ -168,7 +161,7 @@ bool StepCombiner::combine(AccessGuard& guard, Request& own) {
         // not done yet) and then its own. Reset before the hand-off: from
         // then on the new combiner may finish this thread's step.
         if (!own_done) {
-          own.state.store(kWaiting, std::memory_order_relaxed);
+          own.state.reset(kWaiting);
           park(own);
         }
         successor = owner_queued_;
@@ -204,11 +197,11 @@ bool StepCombiner::combine(AccessGuard& guard, Request& own) {
     run_for_others_.fetch_add(1, std::memory_order_relaxed);
     served_others = true;
     if (own_done) ++after_own;
-    set_state(*request, kDone);
+    request->state.set(kDone);
   }
   if (successor != nullptr) {
     passed_on_.fetch_add(1, std::memory_order_relaxed);
-    set_state(*successor, kCombine);
+    successor->state.set(kCombine);
   }
   return own_done;
 }

@@ -29,7 +29,6 @@
 // submitted it. Each step is whole and sees every earlier step's update:
 // the steps are applied one after another, in arrival order.
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -37,6 +36,7 @@
 #include <optional>
 
 #include "parallel/access_guard.hpp"
+#include "parallel/hand_over.hpp"
 #include "parallel/thread_budget.hpp"
 
 namespace kortexdl::detail {
@@ -152,15 +152,9 @@ class StepCombiner {
     std::optional<ParkedCall> parked;
     float result = 0.0f;
     std::exception_ptr error;
-    // Written under `handover` (so a waiter that takes it after seeing the
-    // new state knows the writer is done with this request, which lives on
-    // the waiter's stack); read without it while polling.
-    std::atomic<int> state{kWaiting};
-    std::mutex handover;
-    std::condition_variable changed;
+    HandOver state{kWaiting};  // peeked at while polling
     Request* next = nullptr;
   };
-  static void set_state(Request& request, int state);
   static void park(Request& own);
   // Whether a combiner whose own step `own` is done passes the role to `next`.
   static bool hands_on_to(const Request& next, const Request& own);
