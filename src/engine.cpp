@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -100,9 +101,11 @@ bool rows_compute_as_alone() {
   return backend::library_matches_row_kernels() && backend::row_kernels_available();
 }
 
-bool forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+void forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
                            float* outputs) {
-  if (!rows_compute_as_alone()) return false;
+  if (!rows_compute_as_alone()) {
+    throw std::logic_error("forward_rows_as_alone: rows do not compute as alone with this CPU and GEMM library");
+  }
   const std::size_t hidden = arch.layers.size() > 1 ? scratch_rows(rows, arch.max_width) : 0;
   auto lease = Workspace::local().acquire(2 * Workspace::padded_floats(hidden));
   float* ping = lease.take(hidden);
@@ -118,7 +121,6 @@ bool forward_rows_as_alone(const Architecture& arch, const float* params, const 
                              params + layer.biases_offset, rows, layer.outputs, nullptr);
     current = next;
   }
-  return true;
 }
 
 LossSums loss_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,

@@ -52,12 +52,11 @@ void forward_rows_split(const Architecture& arch, const float* params, const flo
                         float* outputs);
 // forward_rows on one thread, with every row's outputs bit for bit what
 // forward_rows gives for that row alone (one thread): each layer's rows go
-// through backend::rows_times_matrix. False, having computed nothing, where
-// a row alone does not run on the row kernels (no AVX-512, or a GEMM
-// library that adds in another order), so nothing can promise that.
-bool forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+// through backend::rows_times_matrix. Only where rows_compute_as_alone();
+// elsewhere (no AVX-512, or a GEMM library that adds in another order)
+// nothing can promise that, and it throws std::logic_error.
+void forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
                            float* outputs);
-// Whether forward_rows_as_alone computes here.
 bool rows_compute_as_alone();
 
 LossSums loss_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,

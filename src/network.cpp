@@ -95,12 +95,7 @@ void forward_impl(NetworkState& s, std::span<const float> inputs, std::size_t ba
     ComputeScope scope(work);
     auto compute = [&](const float* rows_in, std::size_t rows, float* rows_out) {
       AccessGuard::Read access(s.guard, true, operation);
-      if (!detail::forward_rows_as_alone(s.arch, s.params.data(), rows_in, rows, rows_out)) {
-        for (std::size_t r = 0; r < rows; ++r) {  // unreachable while takes() holds; never leaves rows unwritten
-          detail::forward_rows(s.arch, s.params.data(), rows_in + r * s.arch.inputs(), 1,
-                               rows_out + r * s.arch.outputs());
-        }
-      }
+      detail::forward_rows_as_alone(s.arch, s.params.data(), rows_in, rows, rows_out);  // takes() checked it may
     };
     s.batcher.run(inputs.data(), s.arch.inputs(), outputs.data(), s.arch.outputs(), compute);
     return;
