@@ -102,7 +102,7 @@ bool rows_compute_as_alone() {
 }
 
 void forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
-                           float* outputs) {
+                           float* outputs, const Activation* last_activations) {
   if (!rows_compute_as_alone()) {
     throw std::logic_error("forward_rows_as_alone: rows do not compute as alone with this CPU and GEMM library");
   }
@@ -117,10 +117,27 @@ void forward_rows_as_alone(const Architecture& arch, const float* params, const 
     float* next = last ? outputs : (current == ping ? pong : ping);
     backend::rows_times_matrix(rows, layer.outputs, layer.inputs, 1.0f, current, layer.inputs,
                                params + layer.weights_offset, layer.outputs, 0.0f, next, layer.outputs);
-    backend::bias_activation(last ? arch.output_activation : arch.hidden_activation, next,
-                             params + layer.biases_offset, rows, layer.outputs, nullptr);
+    if (last && last_activations != nullptr) {
+      // The activations work row by row, so each row gets the bits it would get in a block.
+      for (std::size_t r = 0; r < rows; ++r) {
+        backend::bias_activation(last_activations[r], next + r * layer.outputs, params + layer.biases_offset, 1,
+                                 layer.outputs, nullptr);
+      }
+    } else {
+      backend::bias_activation(last ? arch.output_activation : arch.hidden_activation, next,
+                               params + layer.biases_offset, rows, layer.outputs, nullptr);
+    }
     current = next;
   }
+}
+
+Activation final_activation(const Architecture& arch, LossType loss) {
+  return loss_on_logits(loss) ? Activation::Linear : arch.output_activation;
+}
+
+LossSums loss_of_final_values(const Architecture& arch, const float* final_values, TargetRows targets,
+                              std::size_t rows, LossType loss) {
+  return output_loss(arch, final_values, targets, rows, loss, 0.0f, nullptr);
 }
 
 LossSums loss_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
@@ -134,9 +151,9 @@ LossSums loss_rows(const Architecture& arch, const float* params, const float* i
   const float* last_hidden = hidden_forward(arch, params, inputs, rows, ping, pong);
   const LayerLayout& out = arch.layers.back();
   dense(out, params, last_hidden, rows, final_values);
-  backend::bias_activation(loss_on_logits(loss) ? Activation::Linear : arch.output_activation, final_values,
-                           params + out.biases_offset, rows, out.outputs, nullptr);
-  return output_loss(arch, final_values, targets, rows, loss, 0.0f, nullptr);
+  backend::bias_activation(final_activation(arch, loss), final_values, params + out.biases_offset, rows, out.outputs,
+                           nullptr);
+  return loss_of_final_values(arch, final_values, targets, rows, loss);
 }
 
 namespace {

@@ -52,15 +52,26 @@ void forward_rows_split(const Architecture& arch, const float* params, const flo
                         float* outputs);
 // forward_rows on one thread, with every row's outputs bit for bit what
 // forward_rows gives for that row alone (one thread): each layer's rows go
-// through backend::rows_times_matrix. Only where rows_compute_as_alone();
-// elsewhere (no AVX-512, or a GEMM library that adds in another order)
-// nothing can promise that, and it throws std::logic_error.
+// through backend::rows_times_matrix. Row i's last layer applies
+// last_activations[i] (the network's output activation when null), so rows
+// of forward calls and of evaluations (final_activation) share one pass.
+// Only where rows_compute_as_alone(); elsewhere (no AVX-512, or a GEMM
+// library that adds in another order) nothing can promise that, and it
+// throws std::logic_error.
 void forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
-                           float* outputs);
+                           float* outputs, const Activation* last_activations = nullptr);
 bool rows_compute_as_alone();
 
 LossSums loss_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
                          std::size_t rows, LossType loss);
+
+// What the last layer applies before `loss` reads its values: nothing for
+// the losses computed on logits (their activation is fused into them).
+Activation final_activation(const Architecture& arch, LossType loss);
+// Loss sums of rows whose last layer's values (through final_activation)
+// are known.
+LossSums loss_of_final_values(const Architecture& arch, const float* final_values, TargetRows targets,
+                              std::size_t rows, LossType loss);
 
 // Loss sums without gradients (evaluation).
 LossSums loss_rows(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,

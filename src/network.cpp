@@ -86,20 +86,31 @@ std::uint64_t Network::seed() const { return state_->seed; }
 
 namespace {
 
+// One row through the network with the rows of other concurrent one-row
+// calls (docs/CONCURRENCY.md), its last layer through `last_activation`;
+// false if the call computes alone (s.batcher.takes).
+bool one_row_with_others(NetworkState& s, const float* input, float* output, Activation last_activation, bool lock,
+                         const char* operation) {
+  const double work = s.arch.forward_work(1);
+  if (!lock || !s.batcher.takes(work)) return false;
+  ComputeScope scope(work);
+  auto compute = [&](const float* rows_in, std::size_t rows, float* rows_out, const Activation* last) {
+    AccessGuard::Read access(s.guard, true, operation);
+    detail::forward_rows_as_alone(s.arch, s.params.data(), rows_in, rows, rows_out, last);  // takes() checked it may
+  };
+  s.batcher.run(input, s.arch.inputs(), output, s.arch.outputs(), last_activation, compute);
+  return true;
+}
+
 void forward_impl(NetworkState& s, std::span<const float> inputs, std::size_t batch_size, std::span<float> outputs,
                   bool lock, const char* operation) {
   detail::check_inputs_exact(inputs, batch_size, s.arch.inputs());
   detail::check_outputs(outputs, batch_size, s.arch.outputs());
-  const double work = s.arch.forward_work(batch_size);
-  if (batch_size == 1 && lock && s.batcher.takes(work)) {
-    ComputeScope scope(work);
-    auto compute = [&](const float* rows_in, std::size_t rows, float* rows_out) {
-      AccessGuard::Read access(s.guard, true, operation);
-      detail::forward_rows_as_alone(s.arch, s.params.data(), rows_in, rows, rows_out);  // takes() checked it may
-    };
-    s.batcher.run(inputs.data(), s.arch.inputs(), outputs.data(), s.arch.outputs(), compute);
+  if (batch_size == 1 &&
+      one_row_with_others(s, inputs.data(), outputs.data(), s.arch.output_activation, lock, operation)) {
     return;
   }
+  const double work = s.arch.forward_work(batch_size);
   AccessGuard::Read access(s.guard, lock, operation);
   ComputeScope scope(work);
   detail::forward_rows_split(s.arch, s.params.data(), inputs.data(), batch_size, outputs.data());
@@ -252,12 +263,22 @@ float train_impl(NetworkState& s, std::span<const float> inputs, const Targets& 
       });
 }
 
-Evaluation evaluate_impl(const NetworkState& s, std::span<const float> inputs, const Targets& targets, LossType loss,
+Evaluation evaluate_impl(NetworkState& s, std::span<const float> inputs, const Targets& targets, LossType loss,
                          std::size_t batch_size, bool lock, const char* operation) {
   const std::size_t rows = detail::rows_of(inputs, s.arch.inputs());
   detail::check_loss_matches_output(loss, s.arch.output_activation);
   const detail::TargetRows target_rows = detail::check_targets(targets, loss, rows, s.arch.outputs());
   const std::size_t chunk = detail::evaluation_chunk(batch_size, rows);
+
+  if (rows == 1) {
+    thread_local std::vector<float> final_values;
+    final_values.resize(s.arch.outputs());
+    if (one_row_with_others(s, inputs.data(), final_values.data(), detail::final_activation(s.arch, loss), lock,
+                            operation)) {
+      return detail::to_evaluation(detail::loss_of_final_values(s.arch, final_values.data(), target_rows, 1, loss), 1,
+                                   s.arch.outputs(), loss);
+    }
+  }
 
   AccessGuard::Read access(s.guard, lock, operation);
   ComputeScope scope(s.arch.forward_work(chunk));

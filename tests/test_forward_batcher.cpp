@@ -1,13 +1,15 @@
-// Concurrent one-row forward calls computed together
+// Concurrent one-row forward and evaluate calls computed together
 // (src/parallel/forward_batcher.hpp). What must hold:
 //  * a batch of rows gives every row bit for bit the outputs of that row
-//    alone, for every activation and width (engine.hpp, forward_rows_as_alone);
+//    alone, for every activation and width (engine.hpp, forward_rows_as_alone),
+//    also when its rows end in different activations (forward rows and
+//    evaluation rows, which stop at the logits);
 //  * every caller gets its own row's result, also when its row was computed
 //    by another thread in a batch with others';
 //  * an exception thrown while computing a batch reaches every caller whose
 //    row was in it, and the line keeps working afterwards;
-//  * threads sharing a network get the outputs a single thread gets, and
-//    their rows are batched once they outnumber the CPUs.
+//  * threads sharing a network get the outputs and evaluations a single
+//    thread gets, and their rows are batched once they outnumber the CPUs.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -16,6 +18,7 @@
 #include <chrono>
 #include <memory>
 #include <cstddef>
+#include <cstring>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -73,20 +76,40 @@ TEST(ForwardRowsAsAlone, EveryRowIsBitForBitTheRowAlone) {
                 << "layers " << sizes.size() << " first " << sizes.front() << " hidden " << static_cast<int>(h)
                 << " output " << static_cast<int>(o) << " rows " << rows << " row " << r;
           }
+          // Every other row stops at the logits, as an evaluation's row does:
+          // those give what the same network with a linear output gives
+          // (the parameters are laid out alike), the others what it gives.
+          const Architecture logits = Architecture::make(sizes, h, Activation::Linear);
+          std::vector<Activation> last(rows);
+          for (std::size_t r = 0; r < rows; ++r) last[r] = r % 2 == 1 ? Activation::Linear : o;
+          std::vector<float> mixed(rows * arch.outputs());
+          kortexdl::detail::forward_rows_as_alone(arch, params.data(), inputs.data(), rows, mixed.data(), last.data());
+          for (std::size_t r = 0; r < rows; ++r) {
+            std::vector<float> alone(arch.outputs());
+            kortexdl::detail::forward_rows(last[r] == o ? arch : logits, params.data(),
+                                           inputs.data() + r * arch.inputs(), 1, alone.data());
+            const std::vector<float> row(mixed.begin() + static_cast<std::ptrdiff_t>(r * arch.outputs()),
+                                         mixed.begin() + static_cast<std::ptrdiff_t>((r + 1) * arch.outputs()));
+            ASSERT_TRUE(kortex_test::BitwiseEqual(row, alone))
+                << "mixed: layers " << sizes.size() << " hidden " << static_cast<int>(h) << " output "
+                << static_cast<int>(o) << " rows " << rows << " row " << r;
+          }
         }
       }
     }
   }
 }
 
-// out[j] = in[0] * (j + 1) + in[1], so every caller can check its own row.
+// out[j] = in[0] * (j + 1) + in[1], so every caller can check its own row;
+// without in[1] for a row whose last activation is Linear, so every caller
+// can check that its row's activation came with it.
 struct Doubling {
   static constexpr std::size_t kIn = 2;
   static constexpr std::size_t kOut = 3;
   std::chrono::microseconds pause{0};
   std::atomic<bool>* fail = nullptr;
   std::atomic<std::size_t>* widest = nullptr;
-  void operator()(const float* in, std::size_t rows, float* out) const {
+  void operator()(const float* in, std::size_t rows, float* out, const Activation* last) const {
     if (widest != nullptr) {
       std::size_t seen = widest->load();
       while (seen < rows && !widest->compare_exchange_weak(seen, rows)) {
@@ -95,7 +118,8 @@ struct Doubling {
     if (pause.count() > 0) std::this_thread::sleep_for(pause);
     if (fail != nullptr && fail->load()) throw std::runtime_error("batch failed on purpose");
     for (std::size_t r = 0; r < rows; ++r) {
-      for (std::size_t j = 0; j < kOut; ++j) out[r * kOut + j] = in[r * kIn] * static_cast<float>(j + 1) + in[r * kIn + 1];
+      const float shift = last[r] == Activation::Linear ? 0.0f : in[r * kIn + 1];
+      for (std::size_t j = 0; j < kOut; ++j) out[r * kOut + j] = in[r * kIn] * static_cast<float>(j + 1) + shift;
     }
   }
 };
@@ -115,9 +139,11 @@ TEST(ForwardBatcher, EveryCallerGetsItsOwnRowWhileOneLeaderBatchesTheRest) {
       for (int c = 0; c < kCalls; ++c) {
         const float in[Doubling::kIn] = {static_cast<float>(t), static_cast<float>(c)};
         float out[Doubling::kOut] = {-1.0f, -1.0f, -1.0f};
-        batcher.run(in, Doubling::kIn, out, Doubling::kOut, compute);
+        const Activation last = (t + c) % 2 == 0 ? Activation::Linear : Activation::Softmax;
+        batcher.run(in, Doubling::kIn, out, Doubling::kOut, last, compute);
+        const float shift = last == Activation::Linear ? 0.0f : in[1];
         for (std::size_t j = 0; j < Doubling::kOut; ++j) {
-          if (out[j] != in[0] * static_cast<float>(j + 1) + in[1]) wrong.fetch_add(1);
+          if (out[j] != in[0] * static_cast<float>(j + 1) + shift) wrong.fetch_add(1);
         }
       }
     });
@@ -145,7 +171,7 @@ TEST(ForwardBatcher, AFailedBatchThrowsToItsCallersAndTheLineGoesOn) {
       const float in[Doubling::kIn] = {static_cast<float>(t), 1.0f};
       float out[Doubling::kOut] = {-1.0f, -1.0f, -1.0f};
       try {
-        batcher.run(in, Doubling::kIn, out, Doubling::kOut, compute);
+        batcher.run(in, Doubling::kIn, out, Doubling::kOut, Activation::Softmax, compute);
       } catch (const std::runtime_error& e) {
         if (std::string(e.what()) == "batch failed on purpose") failed.fetch_add(1);
       }
@@ -155,7 +181,7 @@ TEST(ForwardBatcher, AFailedBatchThrowsToItsCallersAndTheLineGoesOn) {
       // entry left behind by the failed batches.
       for (int c = 0; c < 20; ++c) {
         float again[Doubling::kOut] = {-1.0f, -1.0f, -1.0f};
-        batcher.run(in, Doubling::kIn, again, Doubling::kOut, compute);
+        batcher.run(in, Doubling::kIn, again, Doubling::kOut, Activation::Softmax, compute);
         if (again[2] != in[0] * 3.0f + in[1]) wrong.fetch_add(1);
       }
     });
@@ -188,38 +214,57 @@ TEST(ForwardBatcher, TakesCallsOnlyWhileCallsFillTheCpusAndNotAfterAFork) {
   EXPECT_FALSE(batcher.takes(1.0e9)) << "a forked child computes alone";
 }
 
-// Threads sharing one network: outputs bit for bit those of one thread, and
-// rows batched once the threads outnumber the CPUs.
-TEST(ForwardBatcher, ThreadsSharingANetworkGetTheOutputsOfOneThread) {
+// Threads sharing one network, some calling forward and some evaluate:
+// outputs and losses bit for bit those of one thread, and rows batched once
+// the threads outnumber the CPUs (forward rows and evaluation rows, which
+// stop at the logits, in the same batches).
+TEST(ForwardBatcher, ThreadsSharingANetworkGetTheResultsOfOneThread) {
   if (!kortexdl::detail::rows_compute_as_alone()) {
     GTEST_SKIP() << "rows do not run on the row kernels here: nothing is batched";
   }
   // Large enough to be worth a line (ForwardBatcher::kMinWork).
-  const kortexdl::Network net({1000, 512, 256, 128, 10}, kortexdl::NetworkConfig{});
+  kortexdl::NetworkConfig config;
+  config.output_activation = Activation::Softmax;
+  const kortexdl::Network net({1000, 512, 256, 128, 10}, config);
   ASSERT_GE(net.state().arch.forward_work(1), ForwardBatcher::kMinWork);
   constexpr std::size_t kIn = 1000;
   constexpr std::size_t kRows = 32;
   const std::vector<float> inputs = kortex_test::normal_floats(kRows * kIn, 5);
+  auto row = [&](std::size_t r) { return std::span<const float>(inputs.data() + r * kIn, kIn); };
+  auto label = [](std::size_t r) { return std::vector<std::int32_t>{static_cast<std::int32_t>(r % 10)}; };
   // One core per call: a lone caller with the default budget computes on a
   // team, where oneDNN adds in another order than one core (up to 2e-6 on
   // this network), batched or not.
   const kortex_test::ThreadBudget one_core_per_call(1);
   std::vector<std::vector<float>> expected;
+  std::vector<kortexdl::Evaluation> expected_evaluations;
   for (std::size_t r = 0; r < kRows; ++r) {
-    expected.push_back(net.forward_thread_safe(std::span<const float>(inputs.data() + r * kIn, kIn), 1));
+    expected.push_back(net.forward_thread_safe(row(r), 1));
+    expected_evaluations.push_back(net.evaluate_thread_safe(row(r), label(r), kortexdl::LossType::CrossEntropy));
   }
   const std::size_t cpus = kortexdl::detail::allowed_cpu_count();
   const std::size_t thread_count = std::min<std::size_t>(64, std::max<std::size_t>(8, 3 * cpus));
   std::atomic<std::size_t> lined_up{0};
+  std::atomic<std::size_t> evaluations_lined_up{0};
   std::atomic<std::size_t> wrong{0};
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
   std::vector<std::thread> threads;
   for (std::size_t t = 0; t < thread_count; ++t) {
     threads.emplace_back([&, t] {
+      const bool evaluates = t % 2 == 1;
       for (std::size_t c = 0; net.state().batcher.rows_batched() < 500 && std::chrono::steady_clock::now() < until;
            ++c) {
         const std::size_t r = (t + c) % kRows;
-        const std::vector<float> out = net.forward_thread_safe(std::span<const float>(inputs.data() + r * kIn, kIn), 1);
+        if (evaluates) {
+          const kortexdl::Evaluation e = net.evaluate_thread_safe(row(r), label(r), kortexdl::LossType::CrossEntropy);
+          if (kortexdl::last_call_joined_a_batch()) evaluations_lined_up.fetch_add(1);
+          const kortexdl::Evaluation& want = expected_evaluations[r];
+          if (std::memcmp(&e.loss, &want.loss, sizeof e.loss) != 0 || e.accuracy != want.accuracy || e.samples != 1) {
+            wrong.fetch_add(1);
+          }
+          continue;
+        }
+        const std::vector<float> out = net.forward_thread_safe(row(r), 1);
         if (kortexdl::last_call_joined_a_batch()) lined_up.fetch_add(1);
         if (!kortex_test::BitwiseEqual(out, expected[r])) wrong.fetch_add(1);
       }
@@ -229,10 +274,14 @@ TEST(ForwardBatcher, ThreadsSharingANetworkGetTheOutputsOfOneThread) {
   EXPECT_EQ(wrong.load(), 0u);
   EXPECT_GT(net.state().batcher.rows_batched(), 0u)
       << thread_count << " threads on " << cpus << " CPUs never had rows computed together";
-  EXPECT_GE(lined_up.load(), net.state().batcher.rows_batched()) << "every batched row's caller went through the line";
+  EXPECT_GT(evaluations_lined_up.load(), 0u) << "no evaluation went through the line";
+  EXPECT_GE(lined_up.load() + evaluations_lined_up.load(), net.state().batcher.rows_batched())
+      << "every batched row's caller went through the line";
   // A call that computes alone says so.
   ASSERT_EQ(kortexdl::calls_in_flight(), 0u);
-  (void)net.forward_thread_safe(std::span<const float>(inputs.data(), kIn), 1);
+  (void)net.forward_thread_safe(row(0), 1);
+  EXPECT_FALSE(kortexdl::last_call_joined_a_batch());
+  (void)net.evaluate_thread_safe(row(0), label(0), kortexdl::LossType::CrossEntropy);
   EXPECT_FALSE(kortexdl::last_call_joined_a_batch());
 }
 

@@ -317,24 +317,32 @@ def test_training_steps_leave_the_lanes_to_readers(single_thread, rng):
 
 def test_one_row_calls_computed_together_give_each_thread_its_exact_row(single_thread, rng):
     """Twelve threads serving single rows from a network large enough for
-    the line of one-row calls (docs/CONCURRENCY.md): rows computed together
-    come back to the right threads, bit for bit what each row gives alone,
-    and every thread makes progress (batched calls return without a lane)."""
-    net = kortexdl.Network([1000, 512, 256, 128, 10], seed=5)
+    the line of one-row calls (docs/CONCURRENCY.md), half of them forward
+    and half evaluate: rows computed together come back to the right
+    threads, bit for bit what each row gives alone, and every thread makes
+    progress (batched calls return without a lane)."""
+    net = kortexdl.Network([1000, 512, 256, 128, 10], output_activation="softmax", seed=5)
     net.enable_thread_safety(True)
     rows = rng.standard_normal((12, 1000)).astype(np.float32)
+    labels = [np.array([i % 10]) for i in range(12)]
+    ce = kortexdl.LossType.CrossEntropy
     expected = [net.forward(rows[i]) for i in range(12)]
+    expected_evaluations = [tuple(net.evaluate(rows[i], labels[i], ce)) for i in range(12)]
     wrong = []
 
     def caller(i):
-        def call():
+        def forward():
             out = net.forward(rows[i])
             if not np.array_equal(out, expected[i]):
                 wrong.append(i)
-        return call
+
+        def evaluate():
+            if tuple(net.evaluate(rows[i], labels[i], ce)) != expected_evaluations[i]:
+                wrong.append(i)
+        return evaluate if i % 2 else forward
 
     counts, _ = run_callers_for(1.0, [caller(i) for i in range(12)])
-    assert not wrong, f"threads {sorted(set(wrong))} got another row's outputs or different bits"
+    assert not wrong, f"threads {sorted(set(wrong))} got another row's results or different bits"
     assert min(counts) > 0, counts
 
 

@@ -85,18 +85,20 @@ void ForwardBatcher::lead(Request& own, const Batch& batch) {
 void ForwardBatcher::compute(Request* const* requests, std::size_t count, const Batch& batch) {
   try {
     if (count == 1) {
-      batch.compute(batch.context, requests[0]->input, 1, requests[0]->output);
+      batch.compute(batch.context, requests[0]->input, 1, requests[0]->output, &requests[0]->last_activation);
       return;
     }
     // The leader's own buffers, kept for its next batches.
     thread_local std::vector<float> inputs;
     thread_local std::vector<float> outputs;
+    Activation last_activations[kMaxRows];
     inputs.resize(count * batch.inputs);
     outputs.resize(count * batch.outputs);
     for (std::size_t i = 0; i < count; ++i) {
       std::copy_n(requests[i]->input, batch.inputs, inputs.data() + i * batch.inputs);
+      last_activations[i] = requests[i]->last_activation;
     }
-    batch.compute(batch.context, inputs.data(), count, outputs.data());
+    batch.compute(batch.context, inputs.data(), count, outputs.data(), last_activations);
     for (std::size_t i = 0; i < count; ++i) {
       std::copy_n(outputs.data() + i * batch.outputs, batch.outputs, requests[i]->output);
     }

@@ -1,5 +1,6 @@
 #pragma once
-// Concurrent one-row forward calls on one network, computed together.
+// Concurrent one-row forward and evaluate calls on one network, computed
+// together.
 //
 // A one-row forward product reads every weight once for a handful of
 // multiply-adds each: on one core of this machine a 1000-512-256-128-10
@@ -22,6 +23,7 @@
 #include <exception>
 #include <mutex>
 
+#include "kortexdl/activation.hpp"
 #include "parallel/hand_over.hpp"
 #include "parallel/thread_budget.hpp"
 
@@ -50,19 +52,25 @@ class ForwardBatcher {
   // is on (off in a forked child).
   bool takes(double work) const;
 
-  // Computes one row (`inputs` floats at input, `outputs` floats to output)
-  // with `compute(inputs, rows, outputs)` on contiguous rows, on this thread
-  // or another caller's, and returns when it is done, rethrowing here what
-  // compute threw for the batch that held the row.
+  // Computes one row (`inputs` floats at input, `outputs` floats to output,
+  // its last layer through `last_activation`) with
+  // `compute(inputs, rows, outputs, last_activations)` on contiguous rows, on
+  // this thread or another caller's, and returns when it is done, rethrowing
+  // here what compute threw for the batch that held the row. Rows of
+  // forward calls and of evaluations (which may stop at the logits) share
+  // batches.
   template <class Compute>
-  void run(const float* input, std::size_t inputs, float* output, std::size_t outputs, Compute& compute) {
+  void run(const float* input, std::size_t inputs, float* output, std::size_t outputs, Activation last_activation,
+           Compute& compute) {
     Request request;
     request.input = input;
     request.output = output;
-    submit(request, Batch{[](void* context, const float* in, std::size_t rows, float* out) {
-                            (*static_cast<Compute*>(context))(in, rows, out);
-                          },
-                          &compute, inputs, outputs});
+    request.last_activation = last_activation;
+    submit(request,
+           Batch{[](void* context, const float* in, std::size_t rows, float* out, const Activation* last) {
+                   (*static_cast<Compute*>(context))(in, rows, out, last);
+                 },
+                 &compute, inputs, outputs});
     note_joined_a_batch();
     if (request.error) std::rethrow_exception(request.error);
   }
@@ -80,6 +88,7 @@ class ForwardBatcher {
   struct Request {
     const float* input = nullptr;
     float* output = nullptr;
+    Activation last_activation = Activation::Linear;
     std::exception_ptr error;
     HandOver state{kQueued};
     Request* next = nullptr;
@@ -87,7 +96,7 @@ class ForwardBatcher {
 
   // The leader's compute, type-erased.
   struct Batch {
-    void (*compute)(void*, const float*, std::size_t, float*);
+    void (*compute)(void*, const float*, std::size_t, float*, const Activation*);
     void* context;
     std::size_t inputs;
     std::size_t outputs;
