@@ -21,11 +21,12 @@ std::size_t get_num_threads();
 // Calls currently inside the library (for diagnostics and tests).
 std::size_t calls_in_flight();
 
-// Whether this thread's latest computing call was a one-row forward call
-// that went through the line of concurrent one-row calls, to be computed in
-// a batch with whatever other rows were queued (docs/CONCURRENCY.md, "One-
-// row forward calls computed together"; the Python bindings return such
-// calls like training steps, without a lane).
+// Whether this thread's latest computing call was a one-row forward or
+// evaluate call that went through the line of concurrent one-row calls, to
+// be computed in a batch with whatever other rows were queued
+// (docs/CONCURRENCY.md, "One-row forward and evaluate calls computed
+// together"; the Python bindings return such calls like training steps,
+// without a lane).
 bool last_call_joined_a_batch();
 
 }  // namespace kortexdl
