@@ -369,11 +369,19 @@ print(kortexdl.gil_stats()["gil_handoff"]["expired"])
 
 def test_a_thread_that_exits_gives_its_lane_back():
     """A thread that made its calls and exited must not leave its lane to
-    expire: as many threads as lanes then find them all free."""
-    done = subprocess.run([sys.executable, "-c", EXIT_CHILD.format(cpus=CPUS)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert int(done.stdout) == 0
+    expire: as many threads as lanes then find them all free. A leaked lane
+    expires in every run; on a machine loaded beyond its CPUs a lease can
+    also run out while its holder waits for a CPU, so the child gets up to
+    three runs and must see no expiry in one."""
+    expired = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", EXIT_CHILD.format(cpus=CPUS)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        expired.append(int(done.stdout))
+        if expired[-1] == 0:
+            return
+    raise AssertionError(f"lanes expired in every run ({expired}): an exited thread kept its lane")
 
 
 FORK_CHILD = """
