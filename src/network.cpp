@@ -268,18 +268,18 @@ Evaluation evaluate_impl(NetworkState& s, std::span<const float> inputs, const T
   const std::size_t rows = detail::rows_of(inputs, s.arch.inputs());
   detail::check_loss_matches_output(loss, s.arch.output_activation);
   const detail::TargetRows target_rows = detail::check_targets(targets, loss, rows, s.arch.outputs());
-  const std::size_t chunk = detail::evaluation_chunk(batch_size, rows);
 
   if (rows == 1) {
-    thread_local std::vector<float> final_values;
-    final_values.resize(s.arch.outputs());
-    if (one_row_with_others(s, inputs.data(), final_values.data(), detail::final_activation(s.arch, loss), lock,
+    auto lease = detail::Workspace::local().acquire(detail::Workspace::padded_floats(s.arch.outputs()));
+    float* final_values = lease.take(s.arch.outputs());
+    if (one_row_with_others(s, inputs.data(), final_values, detail::final_activation(s.arch, loss), lock,
                             operation)) {
-      return detail::to_evaluation(detail::loss_of_final_values(s.arch, final_values.data(), target_rows, 1, loss), 1,
+      return detail::to_evaluation(detail::loss_of_final_values(s.arch, final_values, target_rows, 1, loss), 1,
                                    s.arch.outputs(), loss);
     }
   }
 
+  const std::size_t chunk = detail::evaluation_chunk(batch_size, rows);
   AccessGuard::Read access(s.guard, lock, operation);
   ComputeScope scope(s.arch.forward_work(chunk));
   detail::LossSums sums;

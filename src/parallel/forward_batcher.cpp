@@ -1,13 +1,13 @@
 #include "parallel/forward_batcher.hpp"
 
 #include <algorithm>
-#include <vector>
 
 #include "engine.hpp"
 #include "kortexdl/threading.hpp"
 #include "parallel/access_guard.hpp"
 #include "parallel/affinity.hpp"
 #include "parallel/thread_budget.hpp"
+#include "workspace.hpp"
 
 namespace kortexdl::detail {
 
@@ -88,19 +88,21 @@ void ForwardBatcher::compute(Request* const* requests, std::size_t count, const 
       batch.compute(batch.context, requests[0]->input, 1, requests[0]->output, &requests[0]->last_activation);
       return;
     }
-    // The leader's own buffers, kept for its next batches.
-    thread_local std::vector<float> inputs;
-    thread_local std::vector<float> outputs;
+    // From the leader's workspace, which compute's own scratch nests in.
+    const std::size_t input_floats = count * batch.inputs;
+    const std::size_t output_floats = count * batch.outputs;
+    auto lease = Workspace::local().acquire(Workspace::padded_floats(input_floats) +
+                                            Workspace::padded_floats(output_floats));
+    float* inputs = lease.take(input_floats);
+    float* outputs = lease.take(output_floats);
     Activation last_activations[kMaxRows];
-    inputs.resize(count * batch.inputs);
-    outputs.resize(count * batch.outputs);
     for (std::size_t i = 0; i < count; ++i) {
-      std::copy_n(requests[i]->input, batch.inputs, inputs.data() + i * batch.inputs);
+      std::copy_n(requests[i]->input, batch.inputs, inputs + i * batch.inputs);
       last_activations[i] = requests[i]->last_activation;
     }
-    batch.compute(batch.context, inputs.data(), count, outputs.data(), last_activations);
+    batch.compute(batch.context, inputs, count, outputs, last_activations);
     for (std::size_t i = 0; i < count; ++i) {
-      std::copy_n(outputs.data() + i * batch.outputs, batch.outputs, requests[i]->output);
+      std::copy_n(outputs + i * batch.outputs, batch.outputs, requests[i]->output);
     }
     rows_batched_.fetch_add(count, std::memory_order_relaxed);
   } catch (...) {
