@@ -188,7 +188,18 @@ std::size_t split_rows(std::size_t rows, std::size_t min_rows, Body body, After 
   const std::size_t threads = split_threads(rows, min_rows);
   if (threads == 0) return 0;
   std::size_t blocks = threads;
-  std::exception_ptr failure;
+  // One slot per block instead of an `omp critical`: nothing to contend, the
+  // first block's failure is the one rethrown whatever the timing, and no
+  // lock of the OpenMP runtime (LLVM's libomp up to 21 reads a released
+  // critical's return address from thread 0's record, which is gone once the
+  // thread that first used OpenMP has exited while a tool such as TSan's is
+  // attached: a crash, not an exception).
+  std::exception_ptr failures[kMaxBlocks];
+  const auto first_failure = [&failures](std::size_t count) {
+    for (std::size_t b = 0; b < count; ++b)
+      if (failures[b]) return failures[b];
+    return std::exception_ptr{};
+  };
 #pragma omp parallel num_threads(static_cast<int>(threads))
   {
     omp_set_num_threads(1);
@@ -200,17 +211,16 @@ std::size_t split_rows(std::size_t rows, std::size_t min_rows, Body body, After 
     try {
       if (begin < end) body(me, begin, end);
     } catch (...) {
-#pragma omp critical(kortex_split_rows_failure)
-      if (!failure) failure = std::current_exception();
+      failures[me] = std::current_exception();
     }
     if constexpr (!std::is_same_v<After, NothingAfter>) {
       // Every thread arrives here, also after a failure, so nobody waits
       // for ever.
 #pragma omp barrier
-      if (!failure) after(me, count);
+      if (!first_failure(count)) after(me, count);
     }
   }
-  if (failure) std::rethrow_exception(failure);
+  if (const std::exception_ptr failure = first_failure(blocks)) std::rethrow_exception(failure);
   return blocks;
 }
 

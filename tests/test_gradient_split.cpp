@@ -5,7 +5,8 @@
 //    single-threaded computation, for even and uneven blocks;
 //  * for a given team size, the same bits every time;
 //  * few rows or one thread take the single-threaded path unchanged;
-//  * a block that fails makes the call throw, and nobody waits for ever;
+//  * a block that fails makes the call throw, and nobody waits for ever,
+//    also once the thread that first used OpenMP has exited;
 //  * training through it (a team of two) follows training on one thread.
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "architecture.hpp"
@@ -136,6 +138,27 @@ TEST(GradientSplit, AFailingBlockThrowsAndNobodyHangs) {
   const Problem p = make_problem({40, 32, 5}, 256);
   LossSums whole, split;
   expect_close(gradient(p, 2, true, &split), gradient(p, 1, false, &whole));
+}
+
+TEST(GradientSplit, AFailingBlockThrowsAfterTheFirstOpenMPThreadHasExited) {
+  // Under ctest this runs in a process of its own, so the thread below is
+  // the first to use OpenMP: once it has exited, a failing block's way out
+  // must not touch that thread's record in the runtime (with libomp and a
+  // tool attached, as under TSan, a lock released there read it: a crash).
+  std::thread first([] { (void)omp_get_max_threads(); });
+  first.join();
+  const Architecture arch = Architecture::make({4, 4096, 1}, Activation::ReLU, Activation::Linear);
+  const std::size_t rows = std::size_t{1} << 21;
+  const std::vector<float> params(arch.parameter_count, 0.01f);
+  const std::vector<float> inputs(rows * 4, 0.5f);
+  const std::vector<float> targets(rows, 1.0f);
+  std::vector<float> grad(arch.parameter_count);
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(2);
+  EXPECT_THROW((void)gradient_rows_split(arch, params.data(), inputs.data(), TargetRows{targets.data(), nullptr},
+                                         rows, LossType::MSE, 1.0f / static_cast<float>(rows), grad.data()),
+               kortexdl::ResourceLimitError);
+  omp_set_num_threads(before);
 }
 
 TEST(GradientSplit, TrainingOnATeamFollowsTrainingOnOneThread) {
