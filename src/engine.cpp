@@ -236,6 +236,23 @@ void forward_rows_split(const Architecture& arch, const float* params, const flo
   if (blocks == 0) forward_rows(arch, params, inputs, rows, outputs);
 }
 
+void forward_rows_as_alone_split(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                                 float* outputs) {
+  // Passes of up to 64 rows bound the scratch (64 rows of the widest layer)
+  // whatever the rows; within a pass each row of weights is read once for
+  // four rows instead of once for each.
+  constexpr std::size_t kRowsPerPass = 64;
+  const std::size_t in = arch.inputs();
+  const std::size_t out = arch.outputs();
+  const auto passes = [&](std::size_t, std::size_t begin, std::size_t end) {
+    for (std::size_t start = begin; start < end; start += kRowsPerPass) {
+      const std::size_t n = std::min(kRowsPerPass, end - start);
+      forward_rows_as_alone(arch, params, inputs + start * in, n, outputs + start * out);
+    }
+  };
+  if (split_rows(rows, kMinRowsPerThread, passes) == 0) passes(0, 0, rows);
+}
+
 LossSums loss_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
                          std::size_t rows, LossType loss) {
   const std::size_t in = arch.inputs();

@@ -61,6 +61,12 @@ void forward_rows_split(const Architecture& arch, const float* params, const flo
 void forward_rows_as_alone(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
                            float* outputs, const Activation* last_activations = nullptr);
 bool rows_compute_as_alone();
+// forward_rows_as_alone over any number of rows, split into one block per
+// thread of the calling thread's team like forward_rows_split: the results
+// of chunks of one row (forward_batch with batch_size 1) without reading
+// every weight once per row.
+void forward_rows_as_alone_split(const Architecture& arch, const float* params, const float* inputs, std::size_t rows,
+                                 float* outputs);
 
 LossSums loss_rows_split(const Architecture& arch, const float* params, const float* inputs, TargetRows targets,
                          std::size_t rows, LossType loss);

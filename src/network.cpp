@@ -122,9 +122,16 @@ void forward_batch_impl(NetworkState& s, std::span<const float> inputs, std::siz
   const std::size_t rows = detail::rows_of(inputs, s.arch.inputs());
   detail::check_outputs(outputs, rows, s.arch.outputs());
   const std::size_t chunk = std::min(batch_size, rows);
+  // Chunks of one row give each row its outputs alone, which the row kernels
+  // give for several rows at once: one call over all the rows, worth a team.
+  const bool rows_as_alone = chunk == 1 && rows > 1 && detail::rows_compute_as_alone();
   AccessGuard::Read access(s.guard, lock, operation);
-  ComputeScope scope(s.arch.forward_work(chunk));
-  forward_chunked(s.arch, s.params.data(), inputs, rows, chunk, outputs);
+  ComputeScope scope(s.arch.forward_work(rows_as_alone ? rows : chunk));
+  if (rows_as_alone) {
+    detail::forward_rows_as_alone_split(s.arch, s.params.data(), inputs.data(), rows, outputs.data());
+  } else {
+    forward_chunked(s.arch, s.params.data(), inputs, rows, chunk, outputs);
+  }
 }
 
 std::size_t rows_for_forward_batch(const NetworkState& s, std::span<const float> inputs) {

@@ -3,7 +3,8 @@
 //  * a batch of rows gives every row bit for bit the outputs of that row
 //    alone, for every activation and width (engine.hpp, forward_rows_as_alone),
 //    also when its rows end in different activations (forward rows and
-//    evaluation rows, which stop at the logits);
+//    evaluation rows, which stop at the logits), and so does forward_batch
+//    in chunks of one row, which computes its rows together;
 //  * every caller gets its own row's result, also when its row was computed
 //    by another thread in a batch with others';
 //  * an exception thrown while computing a batch reaches every caller whose
@@ -95,6 +96,34 @@ TEST(ForwardRowsAsAlone, EveryRowIsBitForBitTheRowAlone) {
                 << static_cast<int>(o) << " rows " << rows << " row " << r;
           }
         }
+      }
+    }
+  }
+}
+
+TEST(ForwardRowsAsAlone, ForwardBatchInChunksOfOneRowGivesEveryRowAlone) {
+  // forward_batch with batch_size 1 computes its rows together on the row
+  // kernels (passes of up to 64 rows, one block per thread of the team):
+  // every row must still come out bit for bit as a forward of that row
+  // alone, for every row count and team size. Where the rows do not compute
+  // as alone, the chunks go one row at a time and this holds as well.
+  kortexdl::NetworkConfig config;
+  config.hidden_activation = Activation::GELU;
+  config.output_activation = Activation::Softmax;
+  config.seed = 5;
+  const kortexdl::Network net({200, 256, 64, 10}, config);
+  for (const std::size_t budget : {1, 2, 3}) {
+    const kortex_test::ThreadBudget threads(budget);
+    for (const std::size_t rows : {2, 5, 8, 63, 64, 65, 130, 301}) {
+      const std::vector<float> inputs = kortex_test::normal_floats(rows * net.input_size(), 11 + static_cast<std::uint32_t>(rows));
+      const std::vector<float> together = net.forward_batch(inputs, 1);
+      ASSERT_EQ(together.size(), rows * net.output_size());
+      for (std::size_t r = 0; r < rows; ++r) {
+        const std::vector<float> alone =
+            net.forward(std::span<const float>(inputs).subspan(r * net.input_size(), net.input_size()), 1);
+        const std::vector<float> row(together.begin() + static_cast<std::ptrdiff_t>(r * net.output_size()),
+                                     together.begin() + static_cast<std::ptrdiff_t>((r + 1) * net.output_size()));
+        ASSERT_TRUE(kortex_test::BitwiseEqual(row, alone)) << "budget " << budget << " rows " << rows << " row " << r;
       }
     }
   }

@@ -205,6 +205,21 @@ def test_forward_batch_chunks_equal_forward(rng, single_thread):
     np.testing.assert_array_equal(net.forward_thread_safe(x), full)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_batch_in_rows_of_one_gives_each_row_alone(rng, threads):
+    # batch_size=1 computes the rows together where the CPU allows: every
+    # row must still be bit for bit what forward gives that row alone.
+    kortexdl.set_num_threads(threads)
+    try:
+        net = kortexdl.Network([40, 96, 24, 5], seed=9, output_activation="softmax")
+        x = rng.standard_normal((131, 40)).astype(np.float32)
+        together = net.forward_batch(x, 1)
+        alone = np.vstack([net.forward(x[r : r + 1]) for r in range(len(x))])
+        np.testing.assert_array_equal(together, alone)
+    finally:
+        kortexdl.set_num_threads(0)
+
+
 # ---------------------------------------------------------------------------
 # Targets, training, evaluation
 
