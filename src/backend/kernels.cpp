@@ -283,13 +283,19 @@ double softmax_cross_entropy(const float* logits, const float* target_values, co
   const std::size_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   double total = 0.0;
   std::size_t hits = 0;
-#pragma omp parallel for if (parallel_worth_it(rows * cols * 16)) reduction(+ : total, hits) schedule(static)
-  for (std::size_t b = 0; b < blocks; ++b) {
+  const auto add_block = [&](std::size_t b, double& loss_sum, std::size_t& hit_sum) {
     LossBlock block;
     softmax_cross_entropy_rows(logits, target_values, labels, b * kBlockRows, std::min(rows, (b + 1) * kBlockRows),
                                cols, grad_scale, grad, &block);
-    total += block.loss;
-    hits += block.hits;
+    loss_sum += block.loss;
+    hit_sum += block.hits;
+  };
+  // No region at all when serial: a false `if` clause still allocates a team.
+  if (parallel_worth_it(rows * cols * 16)) {
+#pragma omp parallel for reduction(+ : total, hits) schedule(static)
+    for (std::size_t b = 0; b < blocks; ++b) add_block(b, total, hits);
+  } else {
+    for (std::size_t b = 0; b < blocks; ++b) add_block(b, total, hits);
   }
   if (correct != nullptr) *correct = hits;
   return total;
