@@ -190,10 +190,10 @@ std::size_t split_rows(std::size_t rows, std::size_t min_rows, Body body, After 
   std::size_t blocks = threads;
   // One slot per block instead of an `omp critical`: nothing to contend, the
   // first block's failure is the one rethrown whatever the timing, and no
-  // lock of the OpenMP runtime (LLVM's libomp up to 21 reads a released
-  // critical's return address from thread 0's record, which is gone once the
-  // thread that first used OpenMP has exited while a tool such as TSan's is
-  // attached: a crash, not an exception).
+  // lock of the OpenMP runtime (with a tool attached, as TSan attaches one,
+  // LLVM's libomp before llvm-project PR 169826 read a released critical's
+  // return address from OpenMP thread 0's record, which is gone once the
+  // thread that first used OpenMP has exited: a crash; docs/RELIABILITY.md).
   std::exception_ptr failures[kMaxBlocks];
   const auto first_failure = [&failures](std::size_t count) {
     for (std::size_t b = 0; b < count; ++b)

@@ -270,7 +270,8 @@ namespace {
 // Runs part(me, threads) on every thread of the calling thread's team when
 // the parameters are many enough to split, else part(0, 1) right here: a
 // parallel region with a false `if` clause still costs libgomp a team
-// allocated and freed (about 0.4 us, a twentieth of a small network's step).
+// allocated and freed (0.4 us a region in a bare loop; docs/BENCHMARKS.md,
+// "serial work opens no OpenMP region").
 template <class Part>
 void split_over_team(const Architecture& arch, Part part) {
   if (arch.parameter_count < kParallelElements || omp_get_max_threads() <= 1) {
