@@ -28,12 +28,20 @@ namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using LabelArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;
 
+// An array handle holding nothing yet, for members assigned later:
+// pybind11's default constructor makes an empty numpy array, an allocation
+// of about 700 instructions on every call for nothing.
+template <class Array>
+Array no_array() {
+  return py::reinterpret_steal<Array>(py::handle());
+}
+
 // A C-contiguous float32 view of any numpy-convertible argument: float32
 // C-contiguous arrays are borrowed as they are; float64, integer, bool,
 // strided, Fortran-ordered arrays and nested sequences are converted (one
 // copy), as numpy.ascontiguousarray(x, dtype=numpy.float32) would.
 struct FloatInput {
-  FloatArray array;  // owns or borrows the data
+  FloatArray array = no_array<FloatArray>();  // owns or borrows the data
   const float* data = nullptr;
   std::size_t size = 0;
   int ndim = 1;
@@ -65,8 +73,8 @@ Batch inferred_batch(const Network& network, py::handle inputs, const char* argu
 // outputs, 2-D or flat) or, for CrossEntropy, a 1-D integer label array
 // (converted to int32; values outside int32 are reported as out of range).
 struct TargetsInput {
-  FloatArray values;
-  LabelArray labels;
+  FloatArray values = no_array<FloatArray>();  // unless is_labels
+  LabelArray labels = no_array<LabelArray>();  // if is_labels
   bool is_labels = false;
   Targets view() const;
 };
