@@ -115,7 +115,8 @@ TEST(ForwardRowsAsAlone, ForwardBatchInChunksOfOneRowGivesEveryRowAlone) {
   for (const std::size_t budget : {1, 2, 3}) {
     const kortex_test::ThreadBudget threads(budget);
     for (const std::size_t rows : {2, 5, 8, 63, 64, 65, 130, 301}) {
-      const std::vector<float> inputs = kortex_test::normal_floats(rows * net.input_size(), 11 + static_cast<std::uint32_t>(rows));
+      const std::vector<float> inputs =
+          kortex_test::normal_floats(rows * net.input_size(), 11 + static_cast<std::uint32_t>(rows));
       const std::vector<float> together = net.forward_batch(inputs, 1);
       ASSERT_EQ(together.size(), rows * net.output_size());
       for (std::size_t r = 0; r < rows; ++r) {
