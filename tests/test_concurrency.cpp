@@ -390,8 +390,10 @@ TEST(Concurrency, UnsafeConcurrentTrainingIsRefusedNotCorrupting) {
   Failures failures;
   int rounds = 0;
   // Repeat barrier-started rounds until an overlap has been seen (the first
-  // round nearly always has one: each call takes milliseconds).
-  while (rounds < 20 && refusals.load() == 0) {
+  // round nearly always has one: each call takes milliseconds; on a loaded
+  // machine a thread may finish its call within one time slice).
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (refusals.load() == 0 && (rounds < 20 || std::chrono::steady_clock::now() < give_up)) {
     ++rounds;
     TimedLatch start(kThreads);
     std::vector<std::thread> threads;

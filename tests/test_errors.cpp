@@ -179,7 +179,7 @@ TEST(ConstructionErrors, HugeLayerIsRefusedBeforeAllocating) {
   EXPECT_TRUE(Throws<ResourceLimitError>([] { Network net({1000000, 1000000}); },
                                          {"sizes", "parameters", "1000000 x 1000000"}));
   const auto elapsed = std::chrono::steady_clock::now() - start;
-  EXPECT_LT(elapsed, std::chrono::milliseconds(500));
+  EXPECT_LT(elapsed, std::chrono::seconds(5));  // allocating and zeroing 4 TB would take far longer
   if (kortex_test::allocation_counting_available()) {
     const auto after = kortex_test::thread_allocations();
     EXPECT_LT(after.bytes - allocations_before.bytes, std::size_t{1} << 20) << "allocated before refusing";

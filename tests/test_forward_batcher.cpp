@@ -277,13 +277,15 @@ TEST(ForwardBatcher, ThreadsSharingANetworkGetTheResultsOfOneThread) {
   std::atomic<std::size_t> lined_up{0};
   std::atomic<std::size_t> evaluations_lined_up{0};
   std::atomic<std::size_t> wrong{0};
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  // Until both kinds of call have been batched; on a loaded machine (the
+  // ASan lane beside the TSan one) that may take far longer than usual.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  auto seen_enough = [&] { return net.state().batcher.rows_batched() >= 500 && evaluations_lined_up.load() > 0; };
   std::vector<std::thread> threads;
   for (std::size_t t = 0; t < thread_count; ++t) {
     threads.emplace_back([&, t] {
       const bool evaluates = t % 2 == 1;
-      for (std::size_t c = 0; net.state().batcher.rows_batched() < 500 && std::chrono::steady_clock::now() < until;
-           ++c) {
+      for (std::size_t c = 0; !seen_enough() && std::chrono::steady_clock::now() < until; ++c) {
         const std::size_t r = (t + c) % kRows;
         if (evaluates) {
           const kortexdl::Evaluation e = net.evaluate_thread_safe(row(r), label(r), kortexdl::LossType::CrossEntropy);

@@ -44,6 +44,17 @@ void busy_for(std::chrono::microseconds d) {
   }
 }
 
+// Called from the step that holds the combiner's role: waits until `count`
+// other steps have queued behind it, so they are combined (at most 20 s).
+// A fixed sleep instead lost to a loaded machine, where a thread may be
+// descheduled between deciding to submit and submitting.
+void wait_until_queued(const StepCombiner& combiner, std::size_t count) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (combiner.steps_queued() < count && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
 TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
   AccessGuard guard;
   StepCombiner combiner;
@@ -53,28 +64,25 @@ TEST(StepCombiner, StepsRunAloneAndReturnToTheirCallers) {
   std::atomic<int> inside{0};
   std::atomic<int> overlaps{0};
   std::atomic<int> wrong_results{0};
-  // Thread 0's first step waits until the others are about to submit
-  // theirs, so those queue behind it and are combined: steps that never
-  // overlap in time (on a loaded machine a thread may make all its steps
-  // within one time slice) are never combined.
-  std::atomic<int> submitting{0};
+  // Thread 0's first step waits until the others have queued theirs behind
+  // it, so those are combined: steps that never overlap in time (on a loaded
+  // machine a thread may make all its steps within one time slice) are
+  // never combined.
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kSteps; ++i) {
-        if (t != 0 && i == 0) submitting.fetch_add(1);
         auto step = [&] {
           if (inside.fetch_add(1) != 0) overlaps.fetch_add(1);
-          if (t == 0 && i == 0) {
-            while (submitting.load() < kThreads - 1) std::this_thread::yield();
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-          }
+          if (t == 0 && i == 0) wait_until_queued(combiner, kThreads - 1);
           unguarded_total += t + 1;
           busy_for(std::chrono::microseconds(5));
           inside.fetch_sub(1);
           return static_cast<float>(t * 1000 + i);
         };
-        if (combiner.run(guard, "step", 1.0, kHeavyStep, step) != static_cast<float>(t * 1000 + i)) wrong_results.fetch_add(1);
+        if (combiner.run(guard, "step", 1.0, kHeavyStep, step) != static_cast<float>(t * 1000 + i)) {
+          wrong_results.fetch_add(1);
+        }
       }
     });
   }
@@ -115,7 +123,7 @@ class CallsOutnumberingTheCpus {
 
 // Threads submit light steps, spending `between` on their own before each
 // (a Python thread's time between calls); the first one's first step waits
-// until the others are about to submit, so they overlap. Each thread first
+// until the others have queued theirs, so they overlap. Each thread first
 // makes a few steps on a combiner of its own, so that the combiner below
 // knows its time between steps from the start. Returns the steps run for
 // another thread, and the times the role passed between them.
@@ -129,7 +137,6 @@ LightRun run_light_steps(int threads_count, std::chrono::microseconds between) {
   AccessGuard guard;
   StepCombiner combiner;
   constexpr int kSteps = 400;
-  std::atomic<int> submitting{0};
   std::atomic<int> wrong_results{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < threads_count; ++t) {
@@ -144,12 +151,8 @@ LightRun run_light_steps(int threads_count, std::chrono::microseconds between) {
         }
       }
       for (int i = 0; i < kSteps; ++i) {
-        if (t != 0 && i == 0) submitting.fetch_add(1);
         auto step = [&] {
-          if (t == 0 && i == 0) {
-            while (submitting.load() < threads_count - 1) std::this_thread::yield();
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-          }
+          if (t == 0 && i == 0) wait_until_queued(combiner, threads_count - 1);
           busy_for(std::chrono::microseconds(20));
           return static_cast<float>(t * 1000 + i);
         };

@@ -131,6 +131,8 @@ class StepCombiner {
   std::size_t steps_run_for_others() const { return run_for_others_.load(std::memory_order_relaxed); }
   // Times a combiner passed the role to a thread in line.
   std::size_t roles_passed_on() const { return passed_on_.load(std::memory_order_relaxed); }
+  // Steps in line, not yet taken by a combiner (tests).
+  std::size_t steps_queued() const { return queued_.load(std::memory_order_acquire); }
 
  private:
   enum : int { kWaiting = 0, kDone = 1, kCombine = 2 };
