@@ -92,6 +92,9 @@ std::optional<std::uint64_t> to_optional_seed(py::handle value, const char* argu
 float to_float(py::handle value, const char* argument);
 bool to_bool(py::handle value, const char* argument);
 LossType to_loss(py::handle value);
+// Called once, when the module registers kortexdl.LossType: its members are
+// then recognised by identity, without pybind11's type lookups.
+void remember_loss_members(py::handle loss_type_class);
 
 // A new C-contiguous float32 numpy array of the given shape (GIL held).
 py::array_t<float> new_float_array(std::size_t rows, std::size_t cols);

@@ -286,6 +286,25 @@ def test_loss_type_by_name(rng):
     assert net.evaluate(x, y, "MSE").loss == net.evaluate(x, y, MSE).loss
 
 
+def test_every_loss_type_member_is_recognised_however_it_was_made(rng):
+    # The registered members are recognised by identity; an equal member made
+    # anew (LossType(int), a pickle) goes through pybind11's cast: same loss.
+    net = kortexdl.Network([3, 4, 2], seed=0)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    targets = {"MSE": rng.standard_normal((6, 2)).astype(np.float32),
+               "CrossEntropy": np.array([0, 1, 1, 0, 1, 0], np.int32),
+               "BinaryCrossEntropy": rng.uniform(size=(6, 2)).astype(np.float32)}
+    for name, member in kortexdl.LossType.__members__.items():
+        anew = kortexdl.LossType(int(member))
+        copied = pickle.loads(pickle.dumps(member))
+        assert anew == member and anew is not member and copied is not member
+        want = net.evaluate(x, targets[name], name).loss
+        for same in (member, anew, copied):
+            assert net.evaluate(x, targets[name], same).loss == want, (name, same)
+            assert net.evaluate_thread_safe(x[:1], targets[name][:1], same).loss == \
+                net.evaluate(x[:1], targets[name][:1], name).loss
+
+
 def test_compute_and_apply_gradients_equal_train_batch(rng):
     x, y = regression_data(rng, 32, 6, 2)
     a = kortexdl.Network([6, 9, 2], seed=8, optimizer="momentum")

@@ -167,6 +167,7 @@ void bind_enums(py::module_& m) {
              "Softmax cross-entropy; targets are integer class labels or probability rows.")
       .value("BinaryCrossEntropy", LossType::BinaryCrossEntropy,
              "Sigmoid binary cross-entropy per output; targets in [0, 1].");
+  remember_loss_members(m.attr("LossType"));
 
   py::enum_<WeightInit>(m, "WeightInit", "Weight initialisation (also accepted by name: 'auto', 'he_normal', ...).")
       .value("Auto", WeightInit::Auto, "He for ReLU/GELU layers, Xavier for the others.")
