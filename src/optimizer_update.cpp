@@ -11,6 +11,7 @@
 #include "backend/kernels.hpp"
 #include "format.hpp"
 #include "kortexdl/error.hpp"
+#include "parallel/team_split.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KORTEX_NO_TARGET_CLONES)
 #define KORTEX_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -279,32 +280,13 @@ void update_segment(const UpdateStep& step, Network::OptimizerState& state, floa
 
 }  // namespace
 
-namespace {
-
-// Runs part(me, threads) on every thread of the calling thread's team when
-// the parameters are many enough to split, else part(0, 1) right here: a
-// parallel region with a false `if` clause still costs libgomp a team
-// allocated and freed (0.4 us a region in a bare loop; docs/BENCHMARKS.md,
-// "serial work opens no OpenMP region").
-template <class Part>
-void split_over_team(const Architecture& arch, Part part) {
-  if (arch.parameter_count < kParallelElements || omp_get_max_threads() <= 1) {
-    part(std::size_t{0}, std::size_t{1});
-    return;
-  }
-#pragma omp parallel
-  part(static_cast<std::size_t>(omp_get_thread_num()), static_cast<std::size_t>(omp_get_num_threads()));
-}
-
-}  // namespace
-
 void apply_update(const OptimizerConfig& config, const Architecture& arch, float* params, const float* grad,
                   float learning_rate, Network::OptimizerState& state) {
   const UpdateStep step = begin_step(config, learning_rate, state);
   // Each layer is two segments: weights (decayed) and biases (not). Large
   // segments are split across the calling thread's team; element-wise
   // updates give the same result whatever the split.
-  split_over_team(arch, [&](std::size_t me, std::size_t threads) {
+  split_over_team(arch.parameter_count >= kParallelElements, [&](std::size_t me, std::size_t threads) {
     for (const LayerLayout& layer : arch.layers) {
       const std::size_t weights = layer.inputs * layer.outputs;
       const std::size_t begin = weights * me / threads;
@@ -348,7 +330,7 @@ void apply_one_row_update(const OptimizerConfig& config, const Architecture& arc
   // row, and the same roundings.
   constexpr std::size_t kChunk = 4096;
   const std::size_t n_layers = arch.layers.size();
-  split_over_team(arch, [&](std::size_t me, std::size_t threads) {
+  split_over_team(arch.parameter_count >= kParallelElements, [&](std::size_t me, std::size_t threads) {
     alignas(64) float chunk[kChunk];
     for (std::size_t l = 0; l < n_layers; ++l) {
       const LayerLayout& layer = arch.layers[l];

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "backend/vector_math.hpp"
+#include "parallel/team_split.hpp"
 
 // One build runs well on every x86-64: the hot loops are compiled for
 // AVX-512, AVX2 and baseline, and the loader picks the best at start-up.
@@ -146,18 +147,11 @@ KORTEX_KERNEL void add_rows(const float* data, std::size_t rows, std::size_t col
 // Splits [0, rows) into the calling thread's team, a contiguous block each.
 template <class Body>
 void for_row_blocks(std::size_t rows, std::size_t cols, Body body) {
-  if (!parallel_worth_it(rows * cols)) {
-    body(std::size_t{0}, rows);
-    return;
-  }
-#pragma omp parallel
-  {
-    const auto threads = static_cast<std::size_t>(omp_get_num_threads());
-    const auto me = static_cast<std::size_t>(omp_get_thread_num());
+  detail::split_over_team(rows * cols >= kParallelElements, [&](std::size_t me, std::size_t threads) {
     const std::size_t begin = rows * me / threads;
     const std::size_t end = rows * (me + 1) / threads;
     if (begin < end) body(begin, end);
-  }
+  });
 }
 
 }  // namespace
