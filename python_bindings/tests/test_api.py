@@ -478,6 +478,11 @@ def test_numerical_error_keeps_parameters():
 # ---------------------------------------------------------------------------
 # Ctrl-C
 
+# The interrupt comes 0.1 s in and the bindings look for it every 50 ms, but
+# on a loaded machine the threads involved can wait for a CPU; the bound
+# still tells an interrupted run from one that runs on for minutes.
+INTERRUPT_BOUND_SECONDS = 10.0
+
 
 def test_keyboard_interrupt_stops_train_parallel_numa(rng, ctrl_c):
     if threading.current_thread() is not threading.main_thread():
@@ -498,7 +503,7 @@ def test_keyboard_interrupt_stops_train_parallel_numa(rng, ctrl_c):
         net.train_parallel_numa(x, y, MSE, 1e-3, batch_size=64, epochs=10_000)
     elapsed = time.perf_counter() - started
     helper.join()
-    assert elapsed < 2.0, f"KeyboardInterrupt took {elapsed:.2f} s"
+    assert elapsed < INTERRUPT_BOUND_SECONDS, f"KeyboardInterrupt took {elapsed:.2f} s"
     # The network holds the parameters of the last whole step, and works.
     assert net.version > 0
     assert np.all(np.isfinite(net.get_parameters()))
@@ -518,7 +523,7 @@ def test_keyboard_interrupt_with_thread_safety_and_nodes(rng, ctrl_c):
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         net.train_parallel_numa(x, y, MSE, 1e-3, batch_size=64, epochs=100_000, numa_nodes=2)
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < INTERRUPT_BOUND_SECONDS
     timer.join()
     assert np.all(np.isfinite(net.get_parameters()))
     # Nothing is left locked: a concurrent reader and a writer both proceed.
@@ -657,7 +662,7 @@ def test_fit_keyboard_interrupt(classification, ctrl_c):
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         net.fit(x, labels, CE, epochs=1_000_000, batch_size=8)
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < INTERRUPT_BOUND_SECONDS
     timer.join()
     assert net.version > 0 and np.all(np.isfinite(net.get_parameters()))
 

@@ -116,13 +116,16 @@ TARGET_SECONDS = 0.3
 # A call that holds the GIL stalls the counter in every attempt; on a
 # machine loaded beyond its CPUs (the sanitizer lanes beside compilers) the
 # counting thread may get no CPU for most of one call that released it, so
-# the call is tried up to this many times and must let the counter run in one.
-ATTEMPTS = 3
+# the call is tried again, up to this many times or for this many seconds,
+# and must let the counter run in one.
+ATTEMPTS = 10
+ATTEMPT_SECONDS = 30
 
 
 def assert_gil_released(method, fn):
     stalls = []
-    for _ in range(ATTEMPTS):
+    deadline = time.monotonic() + ATTEMPT_SECONDS
+    while len(stalls) < ATTEMPTS and time.monotonic() < deadline:
         kortexdl.reset_gil_stats()
         stall, elapsed, _ = stall_during(fn)
         stats = kortexdl.gil_stats()
@@ -135,7 +138,7 @@ def assert_gil_released(method, fn):
             return elapsed
         stalls.append(f"{stall * 1e3:.0f} of {elapsed * 1e3:.0f} ms")
     raise AssertionError(
-        f"{method}: a Python thread could not run for most of the call in {ATTEMPTS} attempts "
+        f"{method}: a Python thread could not run for most of the call in {len(stalls)} attempts "
         f"({', '.join(stalls)}): the GIL was held"
     )
 
