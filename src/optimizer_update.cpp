@@ -324,10 +324,11 @@ bool one_row_step_plainly_finite(double mean_loss, const Architecture& arch, con
 void apply_one_row_update(const OptimizerConfig& config, const Architecture& arch, float* params,
                           const OneRowGradient& gradient, float learning_rate, Network::OptimizerState& state) {
   const UpdateStep step = begin_step(config, learning_rate, state);
-  // Rows of each weight matrix are split across the team. The gradient is
-  // formed a few rows at a time in a buffer that stays in L1 and handed to
-  // the same segment update apply_update uses: one call per 16 KiB, not per
-  // row, and the same roundings.
+  // Rows of each weight matrix are split across the team. Plain SGD forms
+  // the gradient inside its update loop; the other optimizers form it a few
+  // rows at a time in a buffer that stays in L1 and hand it to the same
+  // segment update apply_update uses: one call per 16 KiB, not per row, and
+  // the same roundings.
   constexpr std::size_t kChunk = 4096;
   const std::size_t n_layers = arch.layers.size();
   split_over_team(arch.parameter_count >= kParallelElements, [&](std::size_t me, std::size_t threads) {
