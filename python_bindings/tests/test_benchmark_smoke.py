@@ -220,11 +220,35 @@ def test_threads_vs_processes_runs_every_case(tmp_path):
     for row in report["rows"]:
         assert len(row["rounds"]) == 2
         for r in row["rounds"]:
-            assert set(r) == {"single", "processes", "threads"} and all(v > 0 for v in r.values())
-        assert all(e > 0 for e in row["processes_efficiency"] + row["threads_efficiency"])
+            assert set(r) == {"single", "processes", "threads", "own_networks"} and all(v > 0 for v in r.values())
+        efficiencies = row["processes_efficiency"] + row["threads_efficiency"] + row["own_networks_efficiency"]
+        assert len(efficiencies) == 6 and all(e > 0 for e in efficiencies)
     assert "| small/forward/1 |" in p.stdout and "| small/train/3 |" in p.stdout
     assert_rejected(TVP_SCRIPT, [(["--case", case], "unknown case")
                                  for case in ("huge/forward/1", "small/forward", "small/evaluate/1", "small/train/0")])
+
+
+TIMELINE_SCRIPT = os.path.join(REPO, "bench", "call_timeline.py")
+
+
+def test_call_timeline_reports_every_thread(tmp_path):
+    cmd = [sys.executable, TIMELINE_SCRIPT, "--case", "small/train/1", "small/forward/3", "--threads", "1", "2",
+           "--network", "shared", "own", "--seconds", "0.2"]
+    p = run_ok(cmd, tmp_path)
+    rows = [line.split("|")[1:-1] for line in p.stdout.splitlines() if line.startswith("| small/")]
+    # One row per thread: one thread (its network), then two threads sharing one and with one each.
+    expected = [(case, threads, network, thread) for case in ("small/train/1", "small/forward/3")
+                for threads, network, thread in ((1, "-", 0), (2, "shared", 0), (2, "shared", 1), (2, "own", 0),
+                                                 (2, "own", 1))]
+    assert [(r[0].strip(), int(r[1]), r[2].strip(), int(r[3])) for r in rows] == expected, p.stdout
+    for r in rows:
+        for cell in (r[4], r[5]):
+            q1, q2, q3 = (float(v) for v in cell.split("/"))
+            assert 0 <= q1 <= q2 <= q3, r
+        assert float(r[6].replace(",", "")) > 0, r
+    assert_rejected(TIMELINE_SCRIPT, [(["--case", "small/evaluate/1"], "unknown case"),
+                                      (["--threads", "0"], "--threads must be"),
+                                      (["--seconds", "0"], "--seconds must be")])
 
 
 MIXED_SCRIPT = os.path.join(REPO, "bench", "mixed_callers.py")
