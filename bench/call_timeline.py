@@ -3,12 +3,14 @@
     .venv/bin/python bench/call_timeline.py --case small/train/1 --threads 1 2 --network shared own
     perf record -F 20000 -g -- .venv/bin/python bench/call_timeline.py --case small/train/1 --threads 2 --seconds 3
 
+The calls are the spec benchmark's (python_bindings/benchmark_gil_release.py).
 Each thread reads time.perf_counter_ns() before and after every call of its
 loop, for --seconds after a warm-up and a barrier. Only the calls that
-start and end while every thread is still calling count. Per thread it prints the quartiles of the time inside a call
-(the call's Python side, the C++ work and any wait for another thread's
-step) and between two calls (the loop itself, and a wait for the GIL), and
-the steps or calls per second of all threads together. With --network own
+start and end while every thread is still calling count. Per thread it
+prints the quartiles of the time inside a call (the call's Python side, the
+C++ work and any wait for another thread's step) and between two calls (the
+loop itself, and a wait for the GIL), and the steps or calls per second of
+all threads together. With --network own
 every thread calls a network of its own: the difference to "shared" is what
 sharing one network costs, apart from the GIL. One core per call
 (kortexdl.set_num_threads(1)); training with thread safety on.
@@ -24,36 +26,26 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_bindings"))
 import kortexdl  # noqa: E402
-from benchmark_gil_release import CONFIGS  # noqa: E402
+from benchmark_gil_release import KortexBackend  # noqa: E402  (the spec benchmark's calls)
 from threads_vs_processes import parse_case  # noqa: E402  (the same config/op/batch cases)
-
-
-def make_call(config, op, batch):
-    sizes = CONFIGS[config]
-    net = kortexdl.Network(sizes, seed=1)
-    net.enable_thread_safety(True)
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
-    if op == "forward":
-        return net, lambda: net.forward(x)
-    y = rng.integers(0, sizes[-1], size=batch).astype(np.int32)
-    loss = kortexdl.LossType.CrossEntropy
-    return net, lambda: net.train_batch(x, y, loss, 0.001)
 
 
 def timeline(case, threads, network, seconds):
     """Per thread: (starts, ends) of its calls, in ns."""
-    shared = make_call(*case) if network == "shared" else None
-    made = [shared or make_call(*case) for _ in range(threads)]
-    if len({id(net) for net, _ in made}) != (1 if shared else threads):
+    config, op, batch = case
+    # A backend keeps one network per config: one for all threads, or one each.
+    shared = KortexBackend() if network == "shared" else None
+    backends = [shared or KortexBackend() for _ in range(threads)]
+    if len({id(b.net(config, op)) for b in backends}) != (1 if shared else threads):
         raise SystemExit(f"{threads} threads were to call {'one network' if shared else 'a network each'}")
+    made = [b.make_call(config, op, batch, 1) for b in backends]
     stamps = [None] * threads
     errors = []
     barrier = threading.Barrier(threads)
 
     def body(i):
         try:
-            call = made[i][1]
+            call = made[i]
             for _ in range(100):
                 call()
             starts, ends = [], []
